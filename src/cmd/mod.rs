@@ -1,0 +1,206 @@
+//! Commands: parsing a request into a [`Command`], and running data commands against a
+//! transaction.
+//!
+//! Parsing reports two kinds of errors, as Redis does: [`ParseError`] (unknown command, wrong
+//! number of arguments) is found when a command is queued and aborts a MULTI block; every
+//! other error (syntax, bad integer…) is a run-time error, kept as [`Command::Invalid`] and
+//! replied when the command runs (inside the EXEC reply for a queued command).
+//!
+//! Data commands are run by [`DataCmd::apply`], a function of the transaction alone that
+//! returns the reply: the same code serves autocommit, MULTI/EXEC and interactive
+//! transactions.
+
+pub mod keyspace;
+pub mod string;
+pub mod table;
+pub mod util;
+
+use bytes::Bytes;
+
+use crate::reply::Reply;
+use crate::txn::{Txn, TxnError};
+pub use table::{lookup, CommandSpec, COMMANDS};
+
+/// A queue-time error: the command cannot be run at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// No such command.
+    Unknown(String),
+    /// Wrong number of arguments.
+    Arity(&'static str),
+}
+
+impl ParseError {
+    /// The exact Redis error reply.
+    pub fn reply(&self) -> Reply {
+        match self {
+            ParseError::Unknown(msg) => Reply::error(msg.clone()),
+            ParseError::Arity(name) => Reply::error(format!(
+                "ERR wrong number of arguments for '{name}' command"
+            )),
+        }
+    }
+}
+
+/// A parsed request.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Reads or writes keys: runs inside a transaction.
+    Data(DataCmd),
+    /// Acts on the connection or the server; the session runs it.
+    Server(table::Id, Vec<Bytes>),
+    /// A run-time error found while parsing (e.g. a syntax error): replied when run.
+    Invalid(Reply),
+}
+
+/// A command that reads or writes keys.
+#[derive(Clone, Debug)]
+pub enum DataCmd {
+    /// Strings.
+    Str(string::StringCmd),
+    /// Keys, expiry and the whole keyspace.
+    Key(keyspace::KeyCmd),
+}
+
+impl DataCmd {
+    /// Runs the command in `txn` and returns its reply. `Err` only for failures of the
+    /// transaction itself (backend errors); command errors are error replies.
+    pub async fn apply(&self, txn: &mut Txn) -> Result<Reply, TxnError> {
+        match self {
+            DataCmd::Str(c) => c.apply(txn).await,
+            DataCmd::Key(c) => c.apply(txn).await,
+        }
+    }
+
+    /// Keys whose values the command reads, to load them in one backend call beforehand.
+    pub fn value_keys(&self) -> &[Bytes] {
+        match self {
+            DataCmd::Str(c) => c.value_keys(),
+            DataCmd::Key(c) => c.value_keys(),
+        }
+    }
+}
+
+/// Parses a request (`args[0]` is the command name).
+pub fn parse(args: Vec<Bytes>) -> Result<Command, ParseError> {
+    let Some(name) = args.first() else {
+        return Err(ParseError::Unknown("ERR empty command".into()));
+    };
+    let Some(spec) = lookup(name) else {
+        return Err(ParseError::Unknown(unknown_command_message(&args)));
+    };
+    if !spec.arity_ok(args.len()) {
+        return Err(ParseError::Arity(spec.name));
+    }
+    use table::Id;
+    let parsed = match spec.id {
+        Id::Get
+        | Id::Set
+        | Id::SetNx
+        | Id::SetEx
+        | Id::PSetEx
+        | Id::GetSet
+        | Id::GetDel
+        | Id::GetEx
+        | Id::MGet
+        | Id::MSet
+        | Id::MSetNx
+        | Id::Append
+        | Id::Strlen
+        | Id::GetRange
+        | Id::SetRange
+        | Id::Incr
+        | Id::Decr
+        | Id::IncrBy
+        | Id::DecrBy
+        | Id::IncrByFloat => string::StringCmd::parse(spec, args).map(DataCmd::Str),
+        Id::Del
+        | Id::Exists
+        | Id::Type
+        | Id::Expire
+        | Id::PExpire
+        | Id::ExpireAt
+        | Id::PExpireAt
+        | Id::Ttl
+        | Id::PTtl
+        | Id::ExpireTime
+        | Id::PExpireTime
+        | Id::Persist
+        | Id::FlushAll
+        | Id::DbSize
+        | Id::Keys
+        | Id::Scan
+        | Id::RandomKey => keyspace::KeyCmd::parse(spec, args).map(DataCmd::Key),
+        _ => return Ok(Command::Server(spec.id, args)),
+    };
+    Ok(match parsed {
+        Ok(cmd) => Command::Data(cmd),
+        Err(reply) => Command::Invalid(reply),
+    })
+}
+
+/// Redis's reply to an unknown command, byte for byte.
+pub fn unknown_command_message(args: &[Bytes]) -> String {
+    let name = args.first().map(|n| truncate(n, 128)).unwrap_or_default();
+    let mut list = String::new();
+    for arg in args.iter().skip(1) {
+        if list.len() >= 128 {
+            break;
+        }
+        let room = 128 - list.len();
+        list.push('\'');
+        list.push_str(&truncate(arg, room));
+        list.push_str("' ");
+    }
+    format!("ERR unknown command '{name}', with args beginning with: {list}")
+}
+
+/// At most `max` bytes of `b` as (lossy) text.
+fn truncate(b: &[u8], max: usize) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(parts: &[&str]) -> Vec<Bytes> {
+        parts
+            .iter()
+            .map(|p| Bytes::copy_from_slice(p.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn unknown_command_lists_arguments_like_redis() {
+        assert_eq!(
+            unknown_command_message(&args(&["FOO", "a", "b"])),
+            "ERR unknown command 'FOO', with args beginning with: 'a' 'b' "
+        );
+        assert_eq!(
+            unknown_command_message(&args(&["foo"])),
+            "ERR unknown command 'foo', with args beginning with: "
+        );
+    }
+
+    #[test]
+    fn arity_errors_name_the_command_in_lower_case() {
+        let err = parse(args(&["GET"])).unwrap_err();
+        assert_eq!(
+            err.reply(),
+            Reply::error("ERR wrong number of arguments for 'get' command")
+        );
+        assert!(matches!(
+            parse(args(&["MSET", "a"])),
+            Err(ParseError::Arity("mset"))
+        ));
+    }
+
+    #[test]
+    fn syntax_errors_are_run_time_errors() {
+        assert!(matches!(
+            parse(args(&["set", "k", "v", "bogus"])),
+            Ok(Command::Invalid(_))
+        ));
+    }
+}

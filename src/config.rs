@@ -1,0 +1,144 @@
+//! Configuration: one [`Config`] struct, read from a TOML file (see `conf/aft.toml`) and
+//! overridden by command-line flags and environment variables.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything that can be configured. Field names are the TOML keys.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to accept RESP clients on.
+    pub listen: String,
+    /// Storage backend: `embedded` (on disk, the default), `memory` (nothing survives a
+    /// restart; for tests and experiments).
+    pub backend: String,
+    /// Directory of the embedded backend's data.
+    pub data_dir: PathBuf,
+    /// Password clients must give with AUTH or HELLO (user `default`), if any.
+    pub requirepass: Option<String>,
+    /// Whether the embedded backend fsyncs each group commit before acknowledging it.
+    /// Turning this off trades durability on power loss for speed.
+    pub fsync: bool,
+    /// Memory for cached values, in MiB.
+    pub cache_mb: usize,
+    /// Largest bulk string a client may send, in bytes (Redis's proto-max-bulk-len).
+    pub max_bulk_len: usize,
+    /// Most elements a request may have.
+    pub max_multibulk_len: usize,
+    /// Longest inline command, in bytes.
+    pub max_inline_len: usize,
+    /// Most clients connected at once; more are refused with an error.
+    pub max_clients: usize,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7379".into(),
+            backend: "embedded".into(),
+            data_dir: PathBuf::from("./data"),
+            requirepass: None,
+            fsync: true,
+            cache_mb: 256,
+            max_bulk_len: 512 * 1024 * 1024,
+            max_multibulk_len: 1024 * 1024,
+            max_inline_len: 64 * 1024,
+            max_clients: 10_000,
+            log: "info".into(),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`].
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Which storage backend to run on, parsed from [`Config::backend`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// redb files in the data directory.
+    Embedded,
+    /// In memory only.
+    Memory,
+}
+
+impl Config {
+    /// Reads a TOML file; keys it does not set keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks values and parses the backend URL.
+    pub fn backend_kind(&self) -> Result<BackendKind, ConfigError> {
+        if self.max_bulk_len == 0 || self.max_multibulk_len == 0 || self.max_inline_len == 0 {
+            return Err(ConfigError::Invalid(
+                "request size limits must be positive".into(),
+            ));
+        }
+        match self.backend.as_str() {
+            "embedded" => Ok(BackendKind::Embedded),
+            "memory" => Ok(BackendKind::Memory),
+            other => Err(ConfigError::Invalid(format!(
+                "unknown backend '{other}' (expected 'embedded' or 'memory')"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let text = include_str!("../conf/aft.toml");
+        let config = Config::from_toml(text).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_backends_are_rejected() {
+        assert!(Config::from_toml("nope = 1").is_err());
+        let config = Config::from_toml("backend = \"cassandra\"").unwrap();
+        assert!(config.backend_kind().is_err());
+        let config = Config::from_toml("backend = \"memory\"\nlisten = \"0.0.0.0:1\"").unwrap();
+        assert_eq!(config.backend_kind().unwrap(), BackendKind::Memory);
+        assert_eq!(config.listen, "0.0.0.0:1");
+    }
+}

@@ -1,0 +1,196 @@
+//! The `aft` command line: `aft serve` runs the proxy.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use aft::config::{BackendKind, Config};
+use aft::server::{self, Context};
+use aft::storage::embedded::{EmbeddedOptions, EmbeddedStorage};
+use aft::storage::memory::MemoryStorage;
+use aft::storage::Storage;
+use aft::txn::{Engine, EngineConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "aft",
+    version,
+    about = "Read-atomic transactions for unmodified Redis clients"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve(ServeArgs),
+}
+
+/// Flags override the config file; each has an environment variable too.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file (see conf/aft.toml).
+    #[arg(long, env = "AFT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, HOST:PORT (port 0 picks a free one).
+    #[arg(long, env = "AFT_LISTEN")]
+    listen: Option<String>,
+    /// Storage backend: embedded | memory.
+    #[arg(long, env = "AFT_BACKEND")]
+    backend: Option<String>,
+    /// Data directory of the embedded backend.
+    #[arg(long, env = "AFT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Require this password (AUTH / HELLO AUTH default <password>).
+    #[arg(long, env = "AFT_REQUIREPASS")]
+    requirepass: Option<String>,
+    /// fsync each group commit before acknowledging it (true | false).
+    #[arg(long, env = "AFT_FSYNC")]
+    fsync: Option<bool>,
+    /// Memory for cached values, in MiB.
+    #[arg(long, env = "AFT_CACHE_MB")]
+    cache_mb: Option<usize>,
+    /// Log filter (error | warn | info | debug | trace).
+    #[arg(long, env = "AFT_LOG")]
+    log: Option<String>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Result<Config, String> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if let Some(v) = self.backend {
+            config.backend = v;
+        }
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = self.requirepass {
+            config.requirepass = Some(v);
+        }
+        if let Some(v) = self.fsync {
+            config.fsync = v;
+        }
+        if let Some(v) = self.cache_mb {
+            config.cache_mb = v;
+        }
+        if let Some(v) = self.log {
+            config.log = v;
+        }
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("aft: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&config.log);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("aft: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("aft: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let storage: Arc<dyn Storage> = match config.backend_kind().map_err(|e| e.to_string())? {
+        BackendKind::Embedded => Arc::new(
+            EmbeddedStorage::open(
+                &config.data_dir,
+                EmbeddedOptions {
+                    fsync: config.fsync,
+                },
+            )
+            .map_err(|e| format!("cannot open {}: {e}", config.data_dir.display()))?,
+        ),
+        BackendKind::Memory => Arc::new(MemoryStorage::new()),
+    };
+    let engine = Engine::open(
+        storage,
+        EngineConfig {
+            cache_bytes: config.cache_mb << 20,
+        },
+    )
+    .await
+    .map_err(|e| format!("cannot recover the commit set: {e}"))?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| config.listen.clone());
+    let backend = engine.storage_name();
+    let recovered = engine
+        .stats()
+        .recovered_commits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(%addr, backend, recovered, "aft ready: listening on {addr}");
+    let ctx = Context::new(engine, Arc::new(config), addr);
+    server::run(listener, ctx, shutdown_signal()).await;
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

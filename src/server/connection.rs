@@ -1,0 +1,112 @@
+//! One client connection: read requests, run them, write replies.
+//!
+//! Every complete request in the read buffer is run before the replies are written, so a
+//! pipelined batch is answered with one write. Unparseable input gets Redis's protocol error
+//! reply and closes only this connection.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::parser::{Limits, RequestParser};
+use super::Context;
+use crate::reply::Reply;
+use crate::session::Session;
+
+/// Replies are written once this many bytes are pending, even mid-batch.
+const FLUSH_AT: usize = 64 * 1024;
+/// Buffers larger than this are released when idle.
+const KEEP_BUFFER: usize = 1024 * 1024;
+const INITIAL_BUFFER: usize = 16 * 1024;
+
+/// Serves one client until it disconnects, sends QUIT, sends garbage, or the server stops.
+pub async fn serve(
+    stream: TcpStream,
+    peer: String,
+    ctx: Arc<Context>,
+    stop: watch::Receiver<bool>,
+) {
+    ctx.connections_total.fetch_add(1, Ordering::Relaxed);
+    ctx.connected.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = serve_inner(stream, peer.clone(), ctx.clone(), stop).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+    ctx.connected.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Tells a client over `max_clients` why it is refused, then closes.
+pub async fn refuse(mut stream: TcpStream) {
+    let mut out = BytesMut::new();
+    Reply::error("ERR max number of clients reached").encode(Default::default(), &mut out);
+    let _ = stream.write_all(&out).await;
+}
+
+async fn serve_inner(
+    mut stream: TcpStream,
+    peer: String,
+    ctx: Arc<Context>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let limits = Limits {
+        max_bulk_len: ctx.config.max_bulk_len,
+        max_multibulk_len: ctx.config.max_multibulk_len,
+        max_inline_len: ctx.config.max_inline_len,
+    };
+    let mut session = Session::new(ctx, peer);
+    let mut parser = RequestParser::new(limits);
+    parser.set_authenticated(session.is_authenticated());
+    let mut input = BytesMut::with_capacity(INITIAL_BUFFER);
+    let mut output = BytesMut::with_capacity(INITIAL_BUFFER);
+    loop {
+        loop {
+            match parser.parse(&mut input) {
+                Ok(Some(args)) => {
+                    session.handle(args, &mut output).await;
+                    parser.set_authenticated(session.is_authenticated());
+                    if session.should_close() {
+                        stream.write_all(&output).await?;
+                        return Ok(());
+                    }
+                    if output.len() >= FLUSH_AT {
+                        stream.write_all(&output).await?;
+                        output.clear();
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    Reply::error(e.to_string()).encode(session.protocol(), &mut output);
+                    stream.write_all(&output).await?;
+                    return Ok(());
+                }
+            }
+        }
+        if !output.is_empty() {
+            stream.write_all(&output).await?;
+            output.clear();
+        }
+        if output.capacity() > KEEP_BUFFER {
+            output = BytesMut::with_capacity(INITIAL_BUFFER);
+        }
+        if input.is_empty() && input.capacity() > KEEP_BUFFER {
+            input = BytesMut::with_capacity(INITIAL_BUFFER);
+        }
+        // Reserve once for a large bulk string being received, bounded by the limits.
+        let want = parser
+            .needed()
+            .clamp(4096, limits.max_bulk_len.saturating_add(2));
+        input.reserve(want);
+        tokio::select! {
+            read = stream.read_buf(&mut input) => {
+                if read? == 0 {
+                    return Ok(());
+                }
+            }
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Server introspection: INFO, COMMAND and CONFIG.
+//!
+//! INFO never fails (clients such as ioredis use it as a ready check); it reports Redis's
+//! usual fields where they make sense and aft's own counters as `aft_*` fields. CONFIG GET
+//! answers a fixed set of parameters; CONFIG SET is not supported.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::Context;
+use crate::cmd::util::{err, glob_match};
+use crate::cmd::{self, COMMANDS};
+use crate::reply::Reply;
+use crate::session::{unknown_subcommand, REDIS_VERSION};
+
+const SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "keyspace",
+];
+
+impl Context {
+    /// The INFO text for the requested sections (all default ones if none are named).
+    pub fn info(&self, sections: &[Bytes]) -> String {
+        let wanted: Vec<String> = sections
+            .iter()
+            .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
+            .collect();
+        let all = wanted.is_empty()
+            || wanted
+                .iter()
+                .any(|s| s == "all" || s == "default" || s == "everything");
+        let mut out = String::new();
+        for section in SECTIONS {
+            if !all && !wanted.iter().any(|w| w == section) {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push_str("\r\n");
+            }
+            self.info_section(section, &mut out);
+        }
+        out
+    }
+
+    fn info_section(&self, section: &str, out: &mut String) {
+        let engine = &self.engine;
+        let stats = engine.stats();
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let port = self.listen_addr.rsplit(':').next().unwrap_or("0");
+        // Writing to a String cannot fail.
+        let _ = match section {
+            "server" => write!(
+                out,
+                "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\naft_version:{}\r\naft_backend:{}\r\nos:{} {}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{port}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\n",
+                env!("CARGO_PKG_VERSION"),
+                engine.storage_name(),
+                std::env::consts::OS,
+                std::env::consts::ARCH,
+                std::process::id(),
+                self.started.elapsed().as_secs(),
+                self.started.elapsed().as_secs() / 86_400,
+            ),
+            "clients" => write!(
+                out,
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nrejected_connections:{}\r\n",
+                get(&self.connected),
+                self.config.max_clients,
+                get(&self.rejected),
+            ),
+            "memory" => {
+                let (versions, cached) = engine.memory_stats();
+                write!(
+                    out,
+                    "# Memory\r\nused_memory:{cached}\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\naft_versions_in_memory:{versions}\r\naft_cached_value_bytes:{cached}\r\naft_cache_budget_bytes:{}\r\n",
+                    self.config.cache_mb << 20,
+                )
+            }
+            "persistence" => write!(
+                out,
+                "# Persistence\r\nloading:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\naof_enabled:0\r\naof_rewrite_in_progress:0\r\naft_recovered_commits:{}\r\n",
+                get(&stats.recovered_commits),
+            ),
+            "stats" => write!(
+                out,
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\naft_commits:{}\r\naft_conflicts:{}\r\naft_watch_failures:{}\r\naft_storage_errors:{}\r\naft_storage_reads:{}\r\naft_cache_hits:{}\r\n",
+                get(&self.connections_total),
+                get(&self.commands),
+                get(&stats.commits),
+                get(&stats.conflicts),
+                get(&stats.watch_failures),
+                get(&stats.storage_errors),
+                get(&stats.storage_reads),
+                get(&stats.cache_hits),
+            ),
+            "replication" => write!(out, "# Replication\r\nrole:master\r\nconnected_slaves:0\r\n"),
+            "keyspace" => {
+                let (keys, expires) = engine.key_counts();
+                out.push_str("# Keyspace\r\n");
+                if keys > 0 {
+                    let _ = write!(out, "db0:keys={keys},expires={expires},avg_ttl=0\r\n");
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+    }
+
+    /// CONFIG GET / SET / RESETSTAT / REWRITE.
+    pub fn config_command(&self, args: &[Bytes]) -> Reply {
+        let sub = args[1].to_ascii_uppercase();
+        match &sub[..] {
+            b"GET" => {
+                if args.len() < 3 {
+                    return err("ERR wrong number of arguments for 'config|get' command");
+                }
+                let c = &self.config;
+                let port = self
+                    .listen_addr
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or("0")
+                    .to_string();
+                let bind = self
+                    .listen_addr
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.to_string())
+                    .unwrap_or_default();
+                let params: Vec<(&str, String)> = vec![
+                    ("appendonly", "no".into()),
+                    ("bind", bind),
+                    ("databases", "1".into()),
+                    ("maxclients", c.max_clients.to_string()),
+                    ("maxmemory", "0".into()),
+                    ("maxmemory-policy", "noeviction".into()),
+                    ("port", port),
+                    ("proto-max-bulk-len", c.max_bulk_len.to_string()),
+                    ("requirepass", c.requirepass.clone().unwrap_or_default()),
+                    ("save", String::new()),
+                    ("timeout", "0".into()),
+                ];
+                let mut out = Vec::new();
+                for (name, value) in params {
+                    if args[2..]
+                        .iter()
+                        .any(|p| glob_match(&p.to_ascii_lowercase(), name.as_bytes()))
+                    {
+                        out.push((
+                            Reply::Bulk(Bytes::from_static(name.as_bytes())),
+                            Reply::Bulk(Bytes::from(value)),
+                        ));
+                    }
+                }
+                Reply::Map(out)
+            }
+            b"SET" => {
+                if args.len() < 4 || args.len() % 2 != 0 {
+                    return err("ERR wrong number of arguments for 'config|set' command");
+                }
+                err(format!(
+                    "ERR Unsupported CONFIG parameter: {}",
+                    String::from_utf8_lossy(&args[2])
+                ))
+            }
+            b"RESETSTAT" => Reply::ok(),
+            b"REWRITE" => err("ERR The server is running without a config file"),
+            _ => unknown_subcommand(args),
+        }
+    }
+}
+
+/// COMMAND, COMMAND COUNT / LIST / INFO / DOCS.
+pub fn command(args: &[Bytes]) -> Reply {
+    let Some(sub) = args.get(1).map(|s| s.to_ascii_uppercase()) else {
+        return Reply::Array(COMMANDS.iter().map(command_info).collect());
+    };
+    match &sub[..] {
+        b"COUNT" => Reply::Integer(COMMANDS.len() as i64),
+        b"LIST" => Reply::Array(
+            COMMANDS
+                .iter()
+                .map(|c| Reply::Bulk(Bytes::from_static(c.name.as_bytes())))
+                .collect(),
+        ),
+        b"INFO" => {
+            if args.len() == 2 {
+                return Reply::Array(COMMANDS.iter().map(command_info).collect());
+            }
+            Reply::Array(
+                args[2..]
+                    .iter()
+                    .map(|n| cmd::lookup(n).map_or(Reply::Nil, command_info))
+                    .collect(),
+            )
+        }
+        b"DOCS" => Reply::Map(vec![]),
+        _ => unknown_subcommand(args),
+    }
+}
+
+fn command_info(c: &cmd::CommandSpec) -> Reply {
+    Reply::Array(vec![
+        Reply::Bulk(Bytes::from_static(c.name.as_bytes())),
+        Reply::Integer(c.arity as i64),
+        Reply::Set(c.flags.iter().map(|f| Reply::Status(f)).collect()),
+        Reply::Integer(c.keys.0 as i64),
+        Reply::Integer(c.keys.1 as i64),
+        Reply::Integer(c.keys.2 as i64),
+        Reply::Set(vec![]),
+        Reply::Set(vec![]),
+        Reply::Array(vec![]),
+        Reply::Array(vec![]),
+    ])
+}

@@ -1,0 +1,999 @@
+//! Per-connection state and the command dispatcher.
+//!
+//! A session is in one of two modes: normal (each data command is its own transaction,
+//! "autocommit") or MULTI (commands are queued and run at EXEC as one transaction). It also
+//! holds the connection's protocol version, name, authentication state and WATCHed keys.
+//!
+//! [`Session::handle`] takes one request and appends its reply to an output buffer; it never
+//! writes to the socket, so a pipelined batch is answered with one write, and it is testable
+//! without sockets.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::cmd::table::Id;
+use crate::cmd::util::{err, parse_i64, NOT_INTEGER, SYNTAX};
+use crate::cmd::{self, Command, DataCmd, ParseError};
+use crate::reply::{Protocol, Reply};
+use crate::server::Context;
+use crate::storage::StorageError;
+use crate::txn::{TxnError, WatchState};
+
+/// The version reported to clients (HELLO, INFO): the Redis version whose behaviour aft
+/// follows, so that clients enable the features they would with that Redis.
+pub const REDIS_VERSION: &str = "7.0.15";
+
+/// How long an autocommit or MULTI transaction keeps retrying after write conflicts.
+const CONFLICT_RETRY_LIMIT: Duration = Duration::from_secs(10);
+
+struct Multi {
+    queue: Vec<Command>,
+    /// A queue-time error happened: EXEC must abort.
+    dirty: bool,
+}
+
+/// One client connection's state.
+pub struct Session {
+    ctx: Arc<Context>,
+    id: u64,
+    peer: String,
+    protocol: Protocol,
+    name: Option<Bytes>,
+    lib_name: Option<Bytes>,
+    lib_ver: Option<Bytes>,
+    authenticated: bool,
+    watches: HashMap<Bytes, WatchState>,
+    multi: Option<Multi>,
+    closing: bool,
+    created: Instant,
+}
+
+impl Session {
+    /// A new session for a client connected from `peer`.
+    pub fn new(ctx: Arc<Context>, peer: String) -> Self {
+        let id = ctx.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let authenticated = ctx.config.requirepass.is_none();
+        Session {
+            ctx,
+            id,
+            peer,
+            protocol: Protocol::Resp2,
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            authenticated,
+            watches: HashMap::new(),
+            multi: None,
+            closing: false,
+            created: Instant::now(),
+        }
+    }
+
+    /// Whether the connection must be closed once the replies so far are written (QUIT).
+    pub fn should_close(&self) -> bool {
+        self.closing
+    }
+
+    /// Whether the client has authenticated (always true without `requirepass`).
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// The protocol replies are encoded in.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Runs one request and appends its reply to `out`.
+    pub async fn handle(&mut self, args: Vec<Bytes>, out: &mut BytesMut) {
+        self.ctx.commands.fetch_add(1, Ordering::Relaxed);
+        let reply = self.dispatch(args).await;
+        reply.encode(self.protocol, out);
+    }
+
+    async fn dispatch(&mut self, args: Vec<Bytes>) -> Reply {
+        let Some(spec) = args.first().and_then(|n| cmd::lookup(n)) else {
+            let e = ParseError::Unknown(cmd::unknown_command_message(&args));
+            return self.queue_error(e);
+        };
+        if !spec.arity_ok(args.len()) {
+            return self.queue_error(ParseError::Arity(spec.name));
+        }
+        if !self.authenticated && !matches!(spec.id, Id::Auth | Id::Hello | Id::Quit | Id::Reset) {
+            return err("NOAUTH Authentication required.");
+        }
+        if self.multi.is_some() {
+            match spec.id {
+                Id::Exec => return self.exec().await,
+                Id::Discard => {
+                    self.multi = None;
+                    self.watches.clear();
+                    return Reply::ok();
+                }
+                Id::Multi => return err("ERR MULTI calls can not be nested"),
+                Id::Watch => return err("ERR WATCH inside MULTI is not allowed"),
+                Id::Quit | Id::Reset => {}
+                _ => {
+                    return match cmd::parse(args) {
+                        Ok(c) => {
+                            if let Some(m) = self.multi.as_mut() {
+                                m.queue.push(c);
+                            }
+                            Reply::Status("QUEUED")
+                        }
+                        Err(e) => self.queue_error(e),
+                    };
+                }
+            }
+        }
+        match cmd::parse(args) {
+            Ok(Command::Data(c)) => self.autocommit(&c).await,
+            Ok(Command::Server(id, args)) => self.server(id, &args).await,
+            Ok(Command::Invalid(reply)) => reply,
+            Err(e) => e.reply(),
+        }
+    }
+
+    /// A queue-time error: inside MULTI it also marks the transaction for EXECABORT.
+    fn queue_error(&mut self, e: ParseError) -> Reply {
+        if let Some(m) = self.multi.as_mut() {
+            m.dirty = true;
+        }
+        e.reply()
+    }
+
+    /// Runs a data command as its own transaction, retrying after write conflicts (the
+    /// client has seen nothing of a failed attempt).
+    async fn autocommit(&mut self, command: &DataCmd) -> Reply {
+        let deadline = Instant::now() + CONFLICT_RETRY_LIMIT;
+        let no_watches = HashMap::new();
+        loop {
+            let mut txn = self.ctx.engine.begin();
+            let attempt = async {
+                if !command.value_keys().is_empty() {
+                    txn.prefetch(command.value_keys()).await?;
+                }
+                let reply = command.apply(&mut txn).await?;
+                if txn.has_writes() && !reply.is_error() {
+                    txn.commit(&no_watches).await?;
+                }
+                Ok::<_, TxnError>(reply)
+            };
+            match attempt.await {
+                Ok(reply) => return reply,
+                Err(TxnError::Conflict) if Instant::now() < deadline => {
+                    self.ctx
+                        .engine
+                        .wait_for_publication(Duration::from_millis(5))
+                        .await;
+                }
+                Err(e) => return txn_error_reply(&e),
+            }
+        }
+    }
+
+    async fn exec(&mut self) -> Reply {
+        let Some(multi) = self.multi.take() else {
+            return err("ERR EXEC without MULTI");
+        };
+        let watches = std::mem::take(&mut self.watches);
+        if multi.dirty {
+            return err("EXECABORT Transaction discarded because of previous errors.");
+        }
+        let deadline = Instant::now() + CONFLICT_RETRY_LIMIT;
+        loop {
+            match self.exec_once(&multi.queue, &watches).await {
+                Ok(replies) => return replies,
+                Err(TxnError::WatchFailed) => return Reply::NilArray,
+                Err(TxnError::Conflict) if Instant::now() < deadline => {
+                    self.ctx
+                        .engine
+                        .wait_for_publication(Duration::from_millis(5))
+                        .await;
+                }
+                Err(e) => return txn_error_reply(&e),
+            }
+        }
+    }
+
+    async fn exec_once(
+        &mut self,
+        queue: &[Command],
+        watches: &HashMap<Bytes, WatchState>,
+    ) -> Result<Reply, TxnError> {
+        let mut txn = self.ctx.engine.begin();
+        let keys = queue.iter().flat_map(|c| match c {
+            Command::Data(d) => d.value_keys(),
+            _ => &[],
+        });
+        txn.prefetch(keys).await?;
+        let mut replies = Vec::with_capacity(queue.len());
+        for command in queue {
+            replies.push(match command {
+                Command::Data(c) => c.apply(&mut txn).await?,
+                Command::Server(Id::Unwatch, _) => Reply::ok(),
+                Command::Server(id, args) => self.server(*id, args).await,
+                Command::Invalid(reply) => reply.clone(),
+            });
+        }
+        txn.commit(watches).await?;
+        Ok(Reply::Array(replies))
+    }
+
+    /// Connection and server commands.
+    async fn server(&mut self, id: Id, args: &[Bytes]) -> Reply {
+        match id {
+            Id::Multi => {
+                self.multi = Some(Multi {
+                    queue: Vec::new(),
+                    dirty: false,
+                });
+                Reply::ok()
+            }
+            Id::Exec => err("ERR EXEC without MULTI"),
+            Id::Discard => err("ERR DISCARD without MULTI"),
+            Id::Watch => {
+                for key in &args[1..] {
+                    if !self.watches.contains_key(key) {
+                        let state = self.ctx.engine.watch(key);
+                        self.watches.insert(key.clone(), state);
+                    }
+                }
+                Reply::ok()
+            }
+            Id::Unwatch => {
+                self.watches.clear();
+                Reply::ok()
+            }
+            Id::Ping => match args.len() {
+                1 => Reply::Status("PONG"),
+                2 => Reply::Bulk(args[1].clone()),
+                _ => err("ERR wrong number of arguments for 'ping' command"),
+            },
+            Id::Echo => Reply::Bulk(args[1].clone()),
+            Id::Hello => self.hello(args),
+            Id::Auth => self.auth(args),
+            Id::Select => match parse_i64(&args[1]) {
+                Some(0) => Reply::ok(),
+                Some(_) => err("ERR DB index is out of range"),
+                None => err(NOT_INTEGER),
+            },
+            Id::Client => self.client(args),
+            Id::Quit => {
+                self.closing = true;
+                Reply::ok()
+            }
+            Id::Reset => {
+                self.multi = None;
+                self.watches.clear();
+                self.protocol = Protocol::Resp2;
+                self.name = None;
+                self.authenticated = self.ctx.config.requirepass.is_none();
+                Reply::Status("RESET")
+            }
+            Id::Info => Reply::Verbatim(Bytes::from(self.ctx.info(&args[1..]))),
+            Id::Command => crate::server::info::command(args),
+            Id::Config => self.ctx.config_command(args),
+            Id::Debug => err("ERR DEBUG is not supported"),
+            Id::Time => {
+                let now = crate::txn::clock::wall_ms() as u128 * 1000
+                    + (std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.subsec_micros() % 1000)
+                        .unwrap_or(0)) as u128;
+                Reply::Array(vec![
+                    Reply::Bulk(Bytes::from((now / 1_000_000).to_string())),
+                    Reply::Bulk(Bytes::from((now % 1_000_000).to_string())),
+                ])
+            }
+            Id::Function => {
+                let sub = args[1].to_ascii_uppercase();
+                match &sub[..] {
+                    b"FLUSH" if args.len() <= 3 => Reply::ok(),
+                    b"LIST" => Reply::Array(vec![]),
+                    _ => unknown_subcommand(args),
+                }
+            }
+            Id::LastSave => Reply::Integer(self.ctx.started_unix as i64),
+            Id::Save => Reply::ok(),
+            // Data commands never reach here (parse returns Command::Data for them).
+            _ => err(SYNTAX),
+        }
+    }
+
+    fn check_password(&self, user: &[u8], password: &[u8]) -> bool {
+        match &self.ctx.config.requirepass {
+            None => user == b"default",
+            Some(expected) => user == b"default" && constant_time_eq(expected.as_bytes(), password),
+        }
+    }
+
+    fn auth(&mut self, args: &[Bytes]) -> Reply {
+        let (user, password) = match args.len() {
+            2 => {
+                if self.ctx.config.requirepass.is_none() {
+                    return err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
+                }
+                (&b"default"[..], &args[1][..])
+            }
+            3 => (&args[1][..], &args[2][..]),
+            _ => return err(SYNTAX),
+        };
+        if self.check_password(user, password) {
+            self.authenticated = true;
+            Reply::ok()
+        } else {
+            err("WRONGPASS invalid username-password pair or user is disabled.")
+        }
+    }
+
+    fn hello(&mut self, args: &[Bytes]) -> Reply {
+        let mut protocol = self.protocol;
+        if let Some(v) = args.get(1) {
+            protocol = match parse_i64(v) {
+                Some(2) => Protocol::Resp2,
+                Some(3) => Protocol::Resp3,
+                Some(_) => return err("NOPROTO unsupported protocol version"),
+                None => return err("ERR Protocol version is not an integer or out of range"),
+            };
+        }
+        let mut i = 2;
+        let mut auth = None;
+        let mut name = None;
+        while i < args.len() {
+            let opt = args[i].to_ascii_uppercase();
+            let left = args.len() - i - 1;
+            match &opt[..] {
+                b"AUTH" if left >= 2 => {
+                    auth = Some((args[i + 1].clone(), args[i + 2].clone()));
+                    i += 3;
+                }
+                b"SETNAME" if left >= 1 => {
+                    name = Some(args[i + 1].clone());
+                    i += 2;
+                }
+                _ => {
+                    return err(format!(
+                        "ERR Syntax error in HELLO option '{}'",
+                        String::from_utf8_lossy(&args[i])
+                    ))
+                }
+            }
+        }
+        if let Some((user, password)) = auth {
+            if !self.check_password(&user, &password) {
+                return err("WRONGPASS invalid username-password pair or user is disabled.");
+            }
+            self.authenticated = true;
+        }
+        if !self.authenticated {
+            return err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        }
+        if let Some(name) = name {
+            if !valid_name(&name) {
+                return err(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            self.name = (!name.is_empty()).then_some(name);
+        }
+        self.protocol = protocol;
+        let s = |v: &'static str| Reply::Bulk(Bytes::from_static(v.as_bytes()));
+        Reply::Map(vec![
+            (s("server"), s("redis")),
+            (s("version"), s(REDIS_VERSION)),
+            (
+                s("proto"),
+                Reply::Integer(if protocol == Protocol::Resp3 { 3 } else { 2 }),
+            ),
+            (s("id"), Reply::Integer(self.id as i64)),
+            (s("mode"), s("standalone")),
+            (s("role"), s("master")),
+            (s("modules"), Reply::Array(vec![])),
+        ])
+    }
+
+    fn client(&mut self, args: &[Bytes]) -> Reply {
+        let sub = args[1].to_ascii_uppercase();
+        let arity = |n: usize, name: &str| {
+            if args.len() == n {
+                None
+            } else {
+                Some(err(format!(
+                    "ERR wrong number of arguments for 'client|{name}' command"
+                )))
+            }
+        };
+        match &sub[..] {
+            b"ID" => arity(2, "id").unwrap_or(Reply::Integer(self.id as i64)),
+            b"GETNAME" => arity(2, "getname")
+                .unwrap_or_else(|| self.name.clone().map_or(Reply::Nil, Reply::Bulk)),
+            b"SETNAME" => {
+                if let Some(e) = arity(3, "setname") {
+                    return e;
+                }
+                if !valid_name(&args[2]) {
+                    return err(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.name = (!args[2].is_empty()).then(|| args[2].clone());
+                Reply::ok()
+            }
+            b"SETINFO" => {
+                if let Some(e) = arity(4, "setinfo") {
+                    return e;
+                }
+                let attr = args[2].to_ascii_uppercase();
+                let slot = match &attr[..] {
+                    b"LIB-NAME" => &mut self.lib_name,
+                    b"LIB-VER" => &mut self.lib_ver,
+                    _ => {
+                        return err(format!(
+                            "ERR Unrecognized option '{}'",
+                            String::from_utf8_lossy(&args[2])
+                        ))
+                    }
+                };
+                if !valid_name(&args[3]) {
+                    return err(format!(
+                        "ERR {} cannot contain spaces, newlines or special characters.",
+                        String::from_utf8_lossy(&args[2]).to_ascii_lowercase()
+                    ));
+                }
+                *slot = Some(args[3].clone());
+                Reply::ok()
+            }
+            b"INFO" => arity(2, "info").unwrap_or_else(|| {
+                let mut line = self.info_line();
+                line.push('\n');
+                Reply::Verbatim(Bytes::from(line))
+            }),
+            b"LIST" => {
+                let mut line = self.info_line();
+                line.push('\n');
+                Reply::Verbatim(Bytes::from(line))
+            }
+            b"NO-EVICT" | b"NO-TOUCH" => {
+                if let Some(e) = arity(3, &String::from_utf8_lossy(&sub).to_ascii_lowercase()) {
+                    return e;
+                }
+                match &args[2].to_ascii_uppercase()[..] {
+                    b"ON" | b"OFF" => Reply::ok(),
+                    _ => err(SYNTAX),
+                }
+            }
+            b"HELP" => Reply::Array(
+                [
+                    "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                    "GETNAME",
+                    "    Return the name of the current connection.",
+                    "ID",
+                    "    Return the ID of the current connection.",
+                    "INFO",
+                    "    Return information about the current client connection.",
+                    "LIST",
+                    "    Return information about client connections (this one).",
+                    "SETNAME <name>",
+                    "    Assign the name <name> to the current connection.",
+                    "SETINFO <LIB-NAME|LIB-VER> <value>",
+                    "    Set client library name or version.",
+                    "HELP",
+                    "    Print this help.",
+                ]
+                .iter()
+                .map(|l| Reply::Status(l))
+                .collect(),
+            ),
+            _ => unknown_subcommand(args),
+        }
+    }
+
+    fn info_line(&self) -> String {
+        let text = |b: &Option<Bytes>| {
+            b.as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        format!(
+            "id={} addr={} laddr={} fd=0 name={} age={} idle=0 flags={} db=0 sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user=default redir=-1 resp={} lib-name={} lib-ver={}",
+            self.id,
+            self.peer,
+            self.ctx.listen_addr,
+            text(&self.name),
+            self.created.elapsed().as_secs(),
+            if self.multi.is_some() { "x" } else { "N" },
+            self.multi.as_ref().map_or(-1, |m| m.queue.len() as i64),
+            if self.protocol == Protocol::Resp3 { 3 } else { 2 },
+            text(&self.lib_name),
+            text(&self.lib_ver),
+        )
+    }
+}
+
+/// Redis's reply to an unknown subcommand of `args[0]`.
+pub fn unknown_subcommand(args: &[Bytes]) -> Reply {
+    err(format!(
+        "ERR unknown subcommand '{}'. Try {} HELP.",
+        String::from_utf8_lossy(&args[1][..args[1].len().min(128)]),
+        String::from_utf8_lossy(&args[0]).to_ascii_uppercase()
+    ))
+}
+
+/// Client names and library names: printable ASCII without spaces.
+fn valid_name(name: &[u8]) -> bool {
+    name.iter().all(|&c| (b'!'..=b'~').contains(&c))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The error reply for a transaction that could not complete.
+pub fn txn_error_reply(e: &TxnError) -> Reply {
+    match e {
+        TxnError::Conflict => {
+            err("ERR transaction conflict: the keys it read kept changing, nothing was committed")
+        }
+        TxnError::WatchFailed => Reply::NilArray,
+        TxnError::Duplicate(_) => {
+            err("ERR a transaction with this idempotency key already committed")
+        }
+        TxnError::Storage(StorageError::OutcomeUnknown(m)) => err(format!(
+            "ERR commit outcome unknown (backend failed after the commit was sent): {m}"
+        )),
+        TxnError::Storage(e) => err(format!("ERR {e}; nothing was committed")),
+        TxnError::Internal(m) => err(format!("ERR internal error: {m}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::storage::memory::MemoryStorage;
+    use crate::txn::{Engine, EngineConfig};
+
+    async fn context(config: Config) -> Arc<Context> {
+        let engine = Engine::open(Arc::new(MemoryStorage::new()), EngineConfig::default())
+            .await
+            .unwrap();
+        Context::new(engine, Arc::new(config), "127.0.0.1:7379".into())
+    }
+
+    async fn session() -> Session {
+        Session::new(context(Config::default()).await, "127.0.0.1:1".into())
+    }
+
+    /// Runs a space-separated command and returns the exact reply bytes as text.
+    async fn run(s: &mut Session, line: &str) -> String {
+        let args = line
+            .split(' ')
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect();
+        let mut out = BytesMut::new();
+        s.handle(args, &mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    async fn expect(s: &mut Session, script: &[(&str, &str)]) {
+        for (cmd, want) in script {
+            assert_eq!(run(s, cmd).await, *want, "command: {cmd}");
+        }
+    }
+
+    #[tokio::test]
+    async fn strings_get_set_and_conditions() {
+        let mut s = session().await;
+        expect(
+            &mut s,
+            &[
+                ("GET k", "$-1\r\n"),
+                ("SET k v", "+OK\r\n"),
+                ("GET k", "$1\r\nv\r\n"),
+                ("SET k w NX", "$-1\r\n"),
+                ("SET k w XX GET", "$1\r\nv\r\n"),
+                ("SET other x XX", "$-1\r\n"),
+                ("SET n 1 NX GET", "$-1\r\n"),
+                ("SETNX k z", ":0\r\n"),
+                ("SETNX fresh z", ":1\r\n"),
+                ("GETSET k new", "$1\r\nw\r\n"),
+                ("GETDEL k", "$3\r\nnew\r\n"),
+                ("GETDEL k", "$-1\r\n"),
+                ("MSET a 1 b 2", "+OK\r\n"),
+                ("MGET a b nope", "*3\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n"),
+                ("MSETNX a 9 c 9", ":0\r\n"),
+                ("MSETNX c 3 d 4", ":1\r\n"),
+                (
+                    "MSET a",
+                    "-ERR wrong number of arguments for 'mset' command\r\n",
+                ),
+                (
+                    "MSET a 1 b",
+                    "-ERR wrong number of arguments for 'mset' command\r\n",
+                ),
+                (
+                    "SET k v EX 0",
+                    "-ERR invalid expire time in 'set' command\r\n",
+                ),
+                ("SET k v BOGUS", "-ERR syntax error\r\n"),
+                (
+                    "SET k v EX nope",
+                    "-ERR value is not an integer or out of range\r\n",
+                ),
+                (
+                    "SETEX k 0 v",
+                    "-ERR invalid expire time in 'setex' command\r\n",
+                ),
+            ],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn string_editing_and_counters() {
+        let mut s = session().await;
+        expect(
+            &mut s,
+            &[
+                ("APPEND s Hello", ":5\r\n"),
+                ("APPEND s _World", ":11\r\n"),
+                ("STRLEN s", ":11\r\n"),
+                ("STRLEN none", ":0\r\n"),
+                ("GETRANGE s 0 4", "$5\r\nHello\r\n"),
+                ("GETRANGE s -5 -1", "$5\r\nWorld\r\n"),
+                ("GETRANGE none 0 -1", "$0\r\n\r\n"),
+                ("SETRANGE s 6 Redis", ":11\r\n"),
+                ("GET s", "$11\r\nHello_Redis\r\n"),
+                ("SETRANGE pad 3 x", ":4\r\n"),
+                ("GET pad", "$4\r\n\0\0\0x\r\n"),
+                ("SETRANGE s -1 x", "-ERR offset is out of range\r\n"),
+                ("INCR n", ":1\r\n"),
+                ("INCRBY n 10", ":11\r\n"),
+                ("DECR n", ":10\r\n"),
+                ("DECRBY n 20", ":-10\r\n"),
+                ("INCR s", "-ERR value is not an integer or out of range\r\n"),
+                (
+                    "INCRBY n x",
+                    "-ERR value is not an integer or out of range\r\n",
+                ),
+                ("SET big 9223372036854775807", "+OK\r\n"),
+                ("INCR big", "-ERR increment or decrement would overflow\r\n"),
+                (
+                    "DECRBY n -9223372036854775808",
+                    "-ERR decrement would overflow\r\n",
+                ),
+                ("SET f 10.5", "+OK\r\n"),
+                ("INCRBYFLOAT f 0.1", "$4\r\n10.6\r\n"),
+                ("INCRBYFLOAT f -10.6", "$1\r\n0\r\n"),
+                ("INCRBYFLOAT s 1", "-ERR value is not a valid float\r\n"),
+                ("INCRBYFLOAT f nan", "-ERR value is not a valid float\r\n"),
+                ("SET f 1", "+OK\r\n"),
+                (
+                    "INCRBYFLOAT f inf",
+                    "-ERR increment would produce NaN or Infinity\r\n",
+                ),
+            ],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn keyspace_and_expiry() {
+        let mut s = session().await;
+        expect(
+            &mut s,
+            &[
+                ("SET a 1", "+OK\r\n"),
+                ("SET b 2 EX 100", "+OK\r\n"),
+                ("EXISTS a b c a", ":3\r\n"),
+                ("TYPE a", "+string\r\n"),
+                ("TYPE c", "+none\r\n"),
+                ("TTL a", ":-1\r\n"),
+                ("TTL b", ":100\r\n"),
+                ("TTL c", ":-2\r\n"),
+                ("EXPIRE a 50", ":1\r\n"),
+                ("EXPIRE a 10 GT", ":0\r\n"),
+                ("EXPIRE a 10 LT", ":1\r\n"),
+                ("TTL a", ":10\r\n"),
+                ("EXPIRE a 10 NX", ":0\r\n"),
+                ("EXPIRE c 10", ":0\r\n"),
+                ("PERSIST a", ":1\r\n"),
+                ("PERSIST a", ":0\r\n"),
+                ("TTL a", ":-1\r\n"),
+                ("EXPIRE a 10 XX", ":0\r\n"),
+                (
+                    "EXPIRE a 10 NX XX",
+                    "-ERR NX and XX, GT or LT options at the same time are not compatible\r\n",
+                ),
+                (
+                    "EXPIRE a 10 GT LT",
+                    "-ERR GT and LT options at the same time are not compatible\r\n",
+                ),
+                ("EXPIRE a 10 FOO", "-ERR Unsupported option FOO\r\n"),
+                ("DBSIZE", ":2\r\n"),
+                ("EXPIRE a -1", ":1\r\n"),
+                ("GET a", "$-1\r\n"),
+                ("DBSIZE", ":1\r\n"),
+                ("DEL b c", ":1\r\n"),
+                ("KEYS *", "*0\r\n"),
+                ("MSET k1 1 k2 2 x 3", "+OK\r\n"),
+                ("EXPIRETIME k1", ":-1\r\n"),
+                ("GETEX k1 EX 100", "$1\r\n1\r\n"),
+                ("TTL k1", ":100\r\n"),
+                ("GETEX k1 PERSIST", "$1\r\n1\r\n"),
+                ("TTL k1", ":-1\r\n"),
+                (
+                    "GETEX k1 EX 0",
+                    "-ERR invalid expire time in 'getex' command\r\n",
+                ),
+                ("FLUSHALL", "+OK\r\n"),
+                ("DBSIZE", ":0\r\n"),
+                ("RANDOMKEY", "$-1\r\n"),
+                ("SET p 1 PX 1", "+OK\r\n"),
+            ],
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        expect(&mut s, &[("GET p", "$-1\r\n"), ("EXISTS p", ":0\r\n")]).await;
+    }
+
+    #[tokio::test]
+    async fn keys_and_scan_visit_every_key() {
+        let mut s = session().await;
+        for i in 0..25 {
+            run(&mut s, &format!("SET key:{i} v")).await;
+        }
+        run(&mut s, "SET other v").await;
+        let keys = run(&mut s, "KEYS key:*").await;
+        assert!(keys.starts_with("*25\r\n"), "{keys}");
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = "0".to_string();
+        loop {
+            let reply = run(&mut s, &format!("SCAN {cursor} MATCH key:* COUNT 7")).await;
+            let lines: Vec<&str> = reply.split("\r\n").collect();
+            cursor = lines[2].to_string();
+            for l in &lines[4..] {
+                if l.starts_with("key:") {
+                    seen.insert(l.to_string());
+                }
+            }
+            if cursor == "0" {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 25);
+        assert_eq!(run(&mut s, "SCAN x").await, "-ERR invalid cursor\r\n");
+    }
+
+    #[tokio::test]
+    async fn multi_exec_replies_like_redis() {
+        let mut s = session().await;
+        expect(
+            &mut s,
+            &[
+                ("EXEC", "-ERR EXEC without MULTI\r\n"),
+                ("DISCARD", "-ERR DISCARD without MULTI\r\n"),
+                ("MULTI", "+OK\r\n"),
+                ("MULTI", "-ERR MULTI calls can not be nested\r\n"),
+                ("SET a 1", "+QUEUED\r\n"),
+                ("INCR a", "+QUEUED\r\n"),
+                ("SET s x", "+QUEUED\r\n"),
+                ("INCR s", "+QUEUED\r\n"),
+                ("SET a b c", "+QUEUED\r\n"),
+                ("GET a", "+QUEUED\r\n"),
+                ("PING", "+QUEUED\r\n"),
+                (
+                    "EXEC",
+                    "*7\r\n+OK\r\n:2\r\n+OK\r\n-ERR value is not an integer or out of range\r\n-ERR syntax error\r\n$1\r\n2\r\n+PONG\r\n",
+                ),
+                ("MULTI", "+OK\r\n"),
+                ("EXEC", "*0\r\n"),
+                ("MULTI", "+OK\r\n"),
+                ("SET a 5", "+QUEUED\r\n"),
+                ("NOSUCH x", "-ERR unknown command 'NOSUCH', with args beginning with: 'x' \r\n"),
+                ("GET", "-ERR wrong number of arguments for 'get' command\r\n"),
+                ("EXEC", "-EXECABORT Transaction discarded because of previous errors.\r\n"),
+                ("GET a", "$1\r\n2\r\n"),
+                ("MULTI", "+OK\r\n"),
+                ("SET a 6", "+QUEUED\r\n"),
+                ("DISCARD", "+OK\r\n"),
+                ("GET a", "$1\r\n2\r\n"),
+                ("MULTI", "+OK\r\n"),
+                ("WATCH a", "-ERR WATCH inside MULTI is not allowed\r\n"),
+                ("EXEC", "*0\r\n"),
+            ],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn watch_fails_exec_when_the_key_changes() {
+        let ctx = context(Config::default()).await;
+        let mut a = Session::new(ctx.clone(), "a".into());
+        let mut b = Session::new(ctx.clone(), "b".into());
+        expect(&mut a, &[("SET k 1", "+OK\r\n"), ("WATCH k", "+OK\r\n")]).await;
+        expect(&mut b, &[("SET k 2", "+OK\r\n")]).await;
+        expect(
+            &mut a,
+            &[
+                ("MULTI", "+OK\r\n"),
+                ("SET k 3", "+QUEUED\r\n"),
+                ("EXEC", "*-1\r\n"),
+                ("GET k", "$1\r\n2\r\n"),
+                // Watches were cleared: the next transaction runs.
+                ("MULTI", "+OK\r\n"),
+                ("SET k 3", "+QUEUED\r\n"),
+                ("EXEC", "*1\r\n+OK\r\n"),
+                // A change by the watcher itself also counts.
+                ("WATCH k", "+OK\r\n"),
+                ("SET k 4", "+OK\r\n"),
+                ("MULTI", "+OK\r\n"),
+                ("GET k", "+QUEUED\r\n"),
+                ("EXEC", "*-1\r\n"),
+                // UNWATCH forgets.
+                ("WATCH k", "+OK\r\n"),
+                ("UNWATCH", "+OK\r\n"),
+                ("SET k 5", "+OK\r\n"),
+                ("MULTI", "+OK\r\n"),
+                ("GET k", "+QUEUED\r\n"),
+                ("EXEC", "*1\r\n$1\r\n5\r\n"),
+                // A watched key that does not exist and is not created: EXEC runs.
+                ("WATCH ghost", "+OK\r\n"),
+                ("MULTI", "+OK\r\n"),
+                ("EXEC", "*0\r\n"),
+            ],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn connection_commands() {
+        let mut s = session().await;
+        expect(
+            &mut s,
+            &[
+                ("PING", "+PONG\r\n"),
+                ("PING hi", "$2\r\nhi\r\n"),
+                ("PING a b", "-ERR wrong number of arguments for 'ping' command\r\n"),
+                ("ECHO hey", "$3\r\nhey\r\n"),
+                ("SELECT 0", "+OK\r\n"),
+                ("SELECT 1", "-ERR DB index is out of range\r\n"),
+                ("SELECT x", "-ERR value is not an integer or out of range\r\n"),
+                ("CLIENT SETNAME app", "+OK\r\n"),
+                ("CLIENT GETNAME", "$3\r\napp\r\n"),
+                (
+                    "CLIENT SETNAME a\nb",
+                    "-ERR Client names cannot contain spaces, newlines or special characters.\r\n",
+                ),
+                ("CLIENT SETINFO LIB-NAME redis-py", "+OK\r\n"),
+                ("CLIENT SETINFO LIB-VER 1.0", "+OK\r\n"),
+                ("CLIENT ID", ":1\r\n"),
+                ("CLIENT NOPE", "-ERR unknown subcommand 'NOPE'. Try CLIENT HELP.\r\n"),
+                (
+                    "AUTH x",
+                    "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
+                ),
+                ("HELLO 4", "-NOPROTO unsupported protocol version\r\n"),
+                ("HELLO x", "-ERR Protocol version is not an integer or out of range\r\n"),
+                ("FUNCTION FLUSH", "+OK\r\n"),
+                ("DEBUG LOG hi", "-ERR DEBUG is not supported\r\n"),
+                ("COMMAND COUNT", &format!(":{}\r\n", crate::cmd::COMMANDS.len())),
+                ("CONFIG GET save", "*2\r\n$4\r\nsave\r\n$0\r\n\r\n"),
+                (
+                    "CONFIG GET appendonly",
+                    "*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n",
+                ),
+                (
+                    "FOO a b",
+                    "-ERR unknown command 'FOO', with args beginning with: 'a' 'b' \r\n",
+                ),
+                ("QUIT", "+OK\r\n"),
+            ],
+        )
+        .await;
+        assert!(s.should_close());
+    }
+
+    #[tokio::test]
+    async fn hello_3_switches_to_resp3() {
+        let mut s = session().await;
+        let hello = run(&mut s, "HELLO 3 SETNAME me").await;
+        assert!(
+            hello.starts_with("%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"),
+            "{hello}"
+        );
+        assert!(hello.contains("$5\r\nproto\r\n:3\r\n"), "{hello}");
+        expect(
+            &mut s,
+            &[
+                ("GET missing", "_\r\n"),
+                ("CLIENT GETNAME", "$2\r\nme\r\n"),
+                ("CONFIG GET save", "%1\r\n$4\r\nsave\r\n$0\r\n\r\n"),
+                ("SET k 1", "+OK\r\n"),
+                ("WATCH k", "+OK\r\n"),
+                ("SET k 2", "+OK\r\n"),
+                ("MULTI", "+OK\r\n"),
+                ("EXEC", "_\r\n"),
+                ("RESET", "+RESET\r\n"),
+                ("GET missing", "$-1\r\n"),
+            ],
+        )
+        .await;
+        let info = run(&mut s, "INFO").await;
+        assert!(info.contains("redis_version:7.0.15\r\n"), "{info}");
+    }
+
+    #[tokio::test]
+    async fn requirepass_gates_commands() {
+        let config = Config {
+            requirepass: Some("secret".into()),
+            ..Config::default()
+        };
+        let mut s = Session::new(context(config).await, "x".into());
+        assert!(!s.is_authenticated());
+        expect(
+            &mut s,
+            &[
+                ("GET k", "-NOAUTH Authentication required.\r\n"),
+                (
+                    "AUTH wrong",
+                    "-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+                ),
+                (
+                    "AUTH other secret",
+                    "-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+                ),
+                ("AUTH secret", "+OK\r\n"),
+                ("GET k", "$-1\r\n"),
+                ("RESET", "+RESET\r\n"),
+                ("GET k", "-NOAUTH Authentication required.\r\n"),
+            ],
+        )
+        .await;
+        let hello = run(&mut s, "HELLO 3").await;
+        assert!(hello.starts_with("-NOAUTH HELLO must be called"), "{hello}");
+        let hello = run(&mut s, "HELLO 3 AUTH default secret").await;
+        assert!(hello.starts_with("%7\r\n"), "{hello}");
+        assert!(s.is_authenticated());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_increments_are_never_lost() {
+        let ctx = context(Config::default()).await;
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let ctx = ctx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = Session::new(ctx, format!("c{i}"));
+                for _ in 0..50 {
+                    assert!(run(&mut s, "INCR counter").await.starts_with(':'));
+                    run(&mut s, "MULTI").await;
+                    run(&mut s, "INCRBY other 2").await;
+                    run(&mut s, "APPEND log x").await;
+                    assert!(run(&mut s, "EXEC").await.starts_with("*2\r\n:"));
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut s = Session::new(ctx, "check".into());
+        expect(
+            &mut s,
+            &[
+                ("GET counter", "$3\r\n400\r\n"),
+                ("GET other", "$3\r\n800\r\n"),
+                ("STRLEN log", ":400\r\n"),
+            ],
+        )
+        .await;
+    }
+}

@@ -1,0 +1,961 @@
+//! Embedded backend: one [redb] file on local disk, written with group commit.
+//!
+//! # Layout
+//!
+//! The file `aft.redb` in the directory given to [`EmbeddedStorage::open`] holds four tables:
+//!
+//! * `versions`: `u32` big-endian length of the user key ‖ user key ‖ [`VersionId::to_bytes`]
+//!   → value. The length prefix keeps keys that are prefixes of each other apart.
+//! * `commits`: [`VersionId::to_bytes`] → commit record (see [`encode_record`]); the byte order
+//!   of the keys is the id order, so a range scan lists records in id order.
+//! * `idempotency`: idempotency key → [`VersionId::to_bytes`] of the commit holding it.
+//! * `meta`: `"format"` → the layout version, checked on open.
+//!
+//! # Writes: group commit
+//!
+//! A dedicated thread owns every write. [`Storage::commit`] and [`Storage::delete`] queue their
+//! request and wait for its answer; the thread takes everything queued (up to
+//! [`MAX_GROUP_REQUESTS`] requests or [`MAX_GROUP_BYTES`] bytes), applies it in **one** redb
+//! write transaction and commits it with one `fsync`, then answers every waiter. Within the
+//! transaction, commits are applied in queue order, each conditional on its idempotency key
+//! (which earlier commits of the same group already hold), then deletions. Every request of a
+//! group waits for the same transaction, so none is answered before the group is durable.
+//!
+//! If the group fails before redb commits, every waiter gets [`StorageError::Io`] (a redb
+//! transaction is atomic: nothing was written). If redb's commit itself fails, the group may
+//! or may not have become durable (redb documents this for a failed commit), so waiters get
+//! [`StorageError::OutcomeUnknown`]; redb then refuses further writes until the store is
+//! reopened.
+//!
+//! With [`EmbeddedOptions::fsync`] off, groups are committed without `fsync` (redb's
+//! `Durability::None`), and a durable commit follows within [`NON_DURABLE_FLUSH_INTERVAL`], at
+//! close, and when the store is dropped: a crash of the process or of the machine loses at most
+//! the acknowledged commits of that last interval.
+//!
+//! # Reads
+//!
+//! Reads run a redb read transaction on the blocking thread pool
+//! ([`tokio::task::spawn_blocking`]); they see every commit acknowledged before they began.
+
+use std::fmt;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::{
+    BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Storage, StorageError, VersionId,
+    VersionKey,
+};
+
+/// Name of the database file inside the directory given to [`EmbeddedStorage::open`].
+pub const FILE_NAME: &str = "aft.redb";
+
+/// Most requests (commits and deletions) applied in one write transaction.
+pub const MAX_GROUP_REQUESTS: usize = 1024;
+
+/// A group stops taking requests once their encoded size reaches this many bytes (a single
+/// larger request still forms a group of its own).
+pub const MAX_GROUP_BYTES: usize = 64 << 20;
+
+/// With [`EmbeddedOptions::fsync`] off, the longest time a commit stays non-durable.
+pub const NON_DURABLE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Largest encoded key + value of one record. redb's own limit is about 3 GiB per value; this
+/// leaves room and is far above what Redis accepts (512 MiB).
+const MAX_RECORD_BYTES: usize = 1 << 30;
+
+/// Layout version stored in the `meta` table.
+const FORMAT_VERSION: u64 = 1;
+
+const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions");
+const COMMITS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("commits");
+const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Options of [`EmbeddedStorage::open`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// `true` (the default): every acknowledged commit has been `fsync`ed. `false`: commits are
+    /// acknowledged once applied, and flushed within [`NON_DURABLE_FLUSH_INTERVAL`] (like
+    /// Redis's `appendfsync everysec`).
+    pub fsync: bool,
+}
+
+impl Default for EmbeddedOptions {
+    /// `fsync: true`.
+    fn default() -> Self {
+        EmbeddedOptions { fsync: true }
+    }
+}
+
+/// Counters of the writer thread, for INFO and for checking that group commit groups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmbeddedStats {
+    /// Write transactions committed (one per group).
+    pub groups: u64,
+    /// Commits and deletions applied by those transactions.
+    pub requests: u64,
+}
+
+/// The on-disk [`Storage`]: a redb database written by one group-commit thread.
+///
+/// At most one `EmbeddedStorage`, in any process, has a given directory open; see
+/// [`EmbeddedStorage::open`]. Dropping it without [`Storage::close`] still applies and flushes
+/// every queued request, stops the writer thread and releases the file, blocking the dropping
+/// thread meanwhile (at most one group commit).
+pub struct EmbeddedStorage {
+    path: PathBuf,
+    /// For reads; `None` once closed.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Set by `close` and `drop`, before they stop the writer.
+    closed: AtomicBool,
+    /// Requests to the writer thread; `None` only while dropping.
+    requests: Option<mpsc::Sender<Request>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<Counters>,
+}
+
+impl EmbeddedStorage {
+    /// Opens (creating it if needed) the store in `dir`: the directory, then the file
+    /// [`FILE_NAME`] in it; starts the writer thread.
+    ///
+    /// Fails with [`StorageError::Unavailable`] if the store is already open, by another
+    /// process or by another `EmbeddedStorage` of this one (redb locks the file; the lock is
+    /// released when the owner closes, drops or dies), with [`StorageError::Corrupt`] if the
+    /// file is not a readable store, and with [`StorageError::Io`] otherwise.
+    ///
+    /// Blocks: it does file I/O, and after a crash redb repairs the file before it returns.
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StorageError::Io(format!("cannot create directory {}: {e}", dir.display()))
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::builder()
+            .create(&path)
+            .map_err(|e| open_error(&path, e))?;
+        Self::start(db, path, options)
+    }
+
+    /// Initializes the tables of `db` and starts its writer thread.
+    fn start(db: Database, path: PathBuf, options: EmbeddedOptions) -> Result<Self, StorageError> {
+        init_tables(&db, &path)?;
+        let db = Arc::new(db);
+        let stats = Arc::new(Counters::default());
+        let (requests, queue) = mpsc::channel();
+        let writer = Writer {
+            db: db.clone(),
+            queue,
+            fsync: options.fsync,
+            unflushed_since: None,
+            stats: stats.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("aft-storage-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| {
+                StorageError::Io(format!("cannot start the storage writer thread: {e}"))
+            })?;
+        Ok(EmbeddedStorage {
+            path,
+            db: RwLock::new(Some(db)),
+            closed: AtomicBool::new(false),
+            requests: Some(requests),
+            writer: Mutex::new(Some(handle)),
+            stats,
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the writer thread has done so far.
+    pub fn stats(&self) -> EmbeddedStats {
+        EmbeddedStats {
+            groups: self.stats.groups.load(Ordering::Relaxed),
+            requests: self.stats.requests.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queues a request for the writer and waits for its answer.
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> Request,
+        lost: impl FnOnce() -> StorageError,
+    ) -> Result<T, StorageError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
+        let (reply, answer) = oneshot::channel();
+        let sent = match &self.requests {
+            Some(requests) => requests.send(make(reply)).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(self.writer_gone());
+        }
+        match answer.await {
+            Ok(result) => result,
+            // The writer dropped the request unanswered: it was refused at close (never
+            // applied), or the thread died while applying it.
+            Err(_) if self.closed.load(Ordering::Acquire) => Err(StorageError::Closed),
+            Err(_) => Err(lost()),
+        }
+    }
+
+    /// The error for a request the writer thread could not take.
+    fn writer_gone(&self) -> StorageError {
+        if self.closed.load(Ordering::Acquire) {
+            StorageError::Closed
+        } else {
+            StorageError::Io("the storage writer thread has stopped".into())
+        }
+    }
+
+    /// Runs `read` on a read transaction, on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Database) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
+        let db = self.db.read().clone().ok_or(StorageError::Closed)?;
+        tokio::task::spawn_blocking(move || read(&db))
+            .await
+            .map_err(|e| StorageError::Io(format!("storage read task failed: {e}")))?
+    }
+}
+
+impl fmt::Debug for EmbeddedStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedStorage")
+            .field("path", &self.path)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Storage for EmbeddedStorage {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn commit(&self, batch: CommitBatch) -> BoxFuture<'_, Result<CommitOutcome, StorageError>> {
+        Box::pin(async move {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(StorageError::Closed);
+            }
+            // Encoded here, on the caller's thread, to keep the writer thread on I/O.
+            let commit = EncodedCommit::new(batch)?;
+            self.submit(
+                |reply| Request::Commit { commit, reply },
+                || StorageError::OutcomeUnknown("the storage writer thread stopped".into()),
+            )
+            .await
+        })
+    }
+
+    fn get_versions(
+        &self,
+        keys: Vec<VersionKey>,
+    ) -> BoxFuture<'_, Result<Vec<Option<Bytes>>, StorageError>> {
+        Box::pin(async move {
+            // A key too long to encode was never stored.
+            let encoded: Vec<Option<Vec<u8>>> = keys
+                .iter()
+                .map(|k| version_key(&k.key, k.version).ok())
+                .collect();
+            self.read(move |db| {
+                let txn = db.begin_read().or_io("begin read")?;
+                let table = txn.open_table(VERSIONS).or_io("open versions")?;
+                encoded
+                    .iter()
+                    .map(|key| {
+                        let Some(key) = key else { return Ok(None) };
+                        let value = table.get(key.as_slice()).or_io("read version")?;
+                        Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
+                    })
+                    .collect()
+            })
+            .await
+        })
+    }
+
+    fn scan_commits(
+        &self,
+        after: Option<VersionId>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CommitRecord>, StorageError>> {
+        Box::pin(async move {
+            self.read(move |db| {
+                let txn = db.begin_read().or_io("begin read")?;
+                let table = txn.open_table(COMMITS).or_io("open commits")?;
+                let after = after.map(VersionId::to_bytes);
+                let lower = match &after {
+                    Some(after) => Bound::Excluded(after.as_slice()),
+                    None => Bound::Unbounded,
+                };
+                let range = table
+                    .range::<&[u8]>((lower, Bound::Unbounded))
+                    .or_io("scan commits")?;
+                let mut records = Vec::with_capacity(limit.min(1024));
+                for entry in range.take(limit) {
+                    let (key, value) = entry.or_io("scan commits")?;
+                    let id = decode_id(key.value(), "commit id")?;
+                    records.push(decode_record(id, value.value())?);
+                }
+                Ok(records)
+            })
+            .await
+        })
+    }
+
+    fn find_idempotent(
+        &self,
+        idempotency_key: Bytes,
+    ) -> BoxFuture<'_, Result<Option<VersionId>, StorageError>> {
+        Box::pin(async move {
+            self.read(move |db| {
+                let txn = db.begin_read().or_io("begin read")?;
+                let table = txn.open_table(IDEMPOTENCY).or_io("open idempotency")?;
+                let entry = table.get(&idempotency_key[..]).or_io("read idempotency")?;
+                entry
+                    .map(|id| decode_id(id.value(), "idempotency entry"))
+                    .transpose()
+            })
+            .await
+        })
+    }
+
+    fn delete(
+        &self,
+        versions: Vec<VersionKey>,
+        commits: Vec<VersionId>,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            if versions.is_empty() && commits.is_empty() {
+                return if self.closed.load(Ordering::Acquire) {
+                    Err(StorageError::Closed)
+                } else {
+                    Ok(())
+                };
+            }
+            let deletion = Deletion {
+                // A key too long to encode was never stored.
+                versions: versions
+                    .iter()
+                    .filter_map(|k| version_key(&k.key, k.version).ok())
+                    .collect(),
+                commits,
+            };
+            self.submit(
+                |reply| Request::Delete { deletion, reply },
+                || StorageError::Io("the storage writer thread stopped".into()),
+            )
+            .await
+        })
+    }
+
+    /// Applies and flushes every request queued before it, stops the writer thread and
+    /// releases the file (once in-flight reads finish). Requests that arrive later fail with
+    /// [`StorageError::Closed`]. Idempotent: a second `close` returns `Ok` once the first has
+    /// flushed.
+    fn close(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            self.closed.store(true, Ordering::Release);
+            let (reply, answer) = oneshot::channel();
+            let sent = match &self.requests {
+                Some(requests) => requests.send(Request::Close { reply }).is_ok(),
+                None => false,
+            };
+            // Not sent: the writer already stopped, after an earlier close flushed.
+            let mut result = Ok(());
+            if sent {
+                result = answer.await.unwrap_or_else(|_| {
+                    Err(StorageError::Io(
+                        "the storage writer thread stopped before flushing".into(),
+                    ))
+                });
+            }
+            let handle = self.writer.lock().take();
+            if let Some(handle) = handle {
+                let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+                if !matches!(joined, Ok(Ok(()))) && result.is_ok() {
+                    result = Err(StorageError::Io(
+                        "the storage writer thread panicked".into(),
+                    ));
+                }
+            }
+            self.db.write().take();
+            result
+        })
+    }
+}
+
+impl Drop for EmbeddedStorage {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        // The writer applies what is queued, flushes and exits when its queue disconnects.
+        self.requests.take();
+        if let Some(handle) = self.writer.get_mut().take() {
+            if handle.join().is_err() {
+                tracing::error!(path = %self.path.display(), "the storage writer thread panicked");
+            }
+        }
+    }
+}
+
+fn open_error(path: &Path, error: DatabaseError) -> StorageError {
+    match error {
+        DatabaseError::DatabaseAlreadyOpen => StorageError::Unavailable(format!(
+            "{} is already open (by another aft process, or another store in this one); \
+             an embedded store has a single owner",
+            path.display()
+        )),
+        DatabaseError::UpgradeRequired(version) => StorageError::Io(format!(
+            "{}: redb file format {version} must be upgraded before this build can open it",
+            path.display()
+        )),
+        DatabaseError::Storage(redb::StorageError::Corrupted(message)) => {
+            StorageError::Corrupt(format!("{}: {message}", path.display()))
+        }
+        other => StorageError::Io(format!("cannot open {}: {other}", path.display())),
+    }
+}
+
+/// Creates the tables if needed and checks the layout version.
+fn init_tables(db: &Database, path: &Path) -> Result<(), StorageError> {
+    let txn = db.begin_write().or_io("begin write")?;
+    {
+        txn.open_table(VERSIONS).or_io("create versions")?;
+        txn.open_table(COMMITS).or_io("create commits")?;
+        txn.open_table(IDEMPOTENCY).or_io("create idempotency")?;
+        let mut meta = txn.open_table(META).or_io("create meta")?;
+        let stored = meta.get("format").or_io("read format")?.map(|v| v.value());
+        match stored {
+            None => {
+                meta.insert("format", FORMAT_VERSION)
+                    .or_io("write format")?;
+            }
+            Some(FORMAT_VERSION) => {}
+            Some(other) => {
+                return Err(StorageError::Io(format!(
+                    "{} has layout version {other}; this build reads version {FORMAT_VERSION}",
+                    path.display()
+                )))
+            }
+        }
+    }
+    txn.commit().or_io("commit table creation")
+}
+
+/// Maps redb errors into [`StorageError`]: corruption found by redb is `Corrupt`, the rest `Io`.
+trait OrIo<T> {
+    fn or_io(self, what: &str) -> Result<T, StorageError>;
+}
+
+impl<T, E: Into<redb::Error>> OrIo<T> for Result<T, E> {
+    fn or_io(self, what: &str) -> Result<T, StorageError> {
+        self.map_err(|e| match e.into() {
+            redb::Error::Corrupted(message) => StorageError::Corrupt(format!("{what}: {message}")),
+            other => StorageError::Io(format!("{what}: {other}")),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+/// `u32` big-endian length of `key` ‖ `key` ‖ `version`: the `versions` table key.
+fn version_key(key: &[u8], version: VersionId) -> Result<Vec<u8>, StorageError> {
+    let len = u32::try_from(key.len())
+        .ok()
+        .filter(|_| key.len() <= MAX_RECORD_BYTES)
+        .ok_or_else(|| StorageError::Io(format!("key of {} bytes is too long", key.len())))?;
+    let mut out = Vec::with_capacity(4 + key.len() + VersionId::ENCODED_LEN);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&version.to_bytes());
+    Ok(out)
+}
+
+/// Version of the commit-record encoding.
+const RECORD_FORMAT: u8 = 1;
+/// Flag: an idempotency key follows the header.
+const HAS_IDEMPOTENCY_KEY: u8 = 0b1;
+
+/// Encodes a commit record (the id is the table key, not repeated):
+///
+/// ```text
+/// format: u8 = 1
+/// flags:  u8, bit 0 = an idempotency key follows; other bits zero
+/// [if bit 0] idempotency key length: u32 big-endian, then its bytes
+/// body: the rest
+/// ```
+fn encode_record(idempotency_key: Option<&[u8]>, body: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let key_len = idempotency_key.map_or(0, |k| 4 + k.len());
+    let len = 2 + key_len + body.len();
+    if len > MAX_RECORD_BYTES {
+        return Err(StorageError::Io(format!(
+            "commit record of {len} bytes is too long"
+        )));
+    }
+    let mut out = Vec::with_capacity(len);
+    out.push(RECORD_FORMAT);
+    match idempotency_key {
+        Some(key) => {
+            out.push(HAS_IDEMPOTENCY_KEY);
+            // Fits: bounded by MAX_RECORD_BYTES above.
+            let key_len = u32::try_from(key.len())
+                .map_err(|_| StorageError::Io("idempotency key is too long".into()))?;
+            out.extend_from_slice(&key_len.to_be_bytes());
+            out.extend_from_slice(key);
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+/// Splits an encoded record into its idempotency key and body, without copying.
+fn parse_record(bytes: &[u8]) -> Result<(Option<&[u8]>, &[u8]), String> {
+    let [format, flags, rest @ ..] = bytes else {
+        return Err(format!(
+            "commit record of {} bytes is truncated",
+            bytes.len()
+        ));
+    };
+    if *format != RECORD_FORMAT {
+        return Err(format!("unknown commit record format {format}"));
+    }
+    match *flags {
+        0 => Ok((None, rest)),
+        HAS_IDEMPOTENCY_KEY => {
+            let (len, rest) = rest
+                .split_first_chunk::<4>()
+                .ok_or("commit record truncated in its idempotency key length")?;
+            let len = usize::try_from(u32::from_be_bytes(*len))
+                .map_err(|_| "idempotency key length does not fit in memory")?;
+            if rest.len() < len {
+                return Err("commit record truncated in its idempotency key".into());
+            }
+            let (key, body) = rest.split_at(len);
+            Ok((Some(key), body))
+        }
+        other => Err(format!("unknown commit record flags {other:#04x}")),
+    }
+}
+
+/// Decodes the record stored under `id`.
+fn decode_record(id: VersionId, bytes: &[u8]) -> Result<CommitRecord, StorageError> {
+    let (key, body) =
+        parse_record(bytes).map_err(|e| StorageError::Corrupt(format!("commit {id:?}: {e}")))?;
+    Ok(CommitRecord {
+        id,
+        idempotency_key: key.map(Bytes::copy_from_slice),
+        body: Bytes::copy_from_slice(body),
+    })
+}
+
+/// Decodes a stored version id (`what` names it in the error).
+fn decode_id(bytes: &[u8], what: &str) -> Result<VersionId, StorageError> {
+    VersionId::from_bytes(bytes).ok_or_else(|| {
+        StorageError::Corrupt(format!(
+            "{what} has {} bytes, expected {}",
+            bytes.len(),
+            VersionId::ENCODED_LEN
+        ))
+    })
+}
+
+/// A commit, encoded for the tables.
+struct EncodedCommit {
+    id: [u8; VersionId::ENCODED_LEN],
+    idempotency_key: Option<Bytes>,
+    record: Vec<u8>,
+    /// `(versions table key, value)`.
+    versions: Vec<(Vec<u8>, Bytes)>,
+}
+
+impl EncodedCommit {
+    fn new(batch: CommitBatch) -> Result<Self, StorageError> {
+        let CommitBatch { versions, record } = batch;
+        let encoded_record = encode_record(record.idempotency_key.as_deref(), &record.body)?;
+        let versions = versions
+            .into_iter()
+            .map(|(key, value)| {
+                let key = version_key(&key, record.id)?;
+                if key.len() + value.len() > MAX_RECORD_BYTES {
+                    return Err(StorageError::Io(format!(
+                        "version of {} bytes is too long",
+                        key.len() + value.len()
+                    )));
+                }
+                Ok((key, value))
+            })
+            .collect::<Result<_, StorageError>>()?;
+        Ok(EncodedCommit {
+            id: record.id.to_bytes(),
+            idempotency_key: record.idempotency_key,
+            record: encoded_record,
+            versions,
+        })
+    }
+
+    /// Bytes this commit adds to a group.
+    fn size(&self) -> usize {
+        let versions: usize = self.versions.iter().map(|(k, v)| k.len() + v.len()).sum();
+        versions + self.record.len() + self.idempotency_key.as_ref().map_or(0, |k| k.len())
+    }
+}
+
+/// A deletion, encoded for the tables.
+struct Deletion {
+    /// `versions` table keys.
+    versions: Vec<Vec<u8>>,
+    commits: Vec<VersionId>,
+}
+
+impl Deletion {
+    fn size(&self) -> usize {
+        self.versions.iter().map(Vec::len).sum::<usize>()
+            + self.commits.len() * VersionId::ENCODED_LEN
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer thread
+
+enum Request {
+    Commit {
+        commit: EncodedCommit,
+        reply: oneshot::Sender<Result<CommitOutcome, StorageError>>,
+    },
+    Delete {
+        deletion: Deletion,
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// Apply what came before, flush, answer, stop.
+    Close {
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+}
+
+#[derive(Default)]
+struct Counters {
+    groups: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// Requests applied together in one write transaction.
+#[derive(Default)]
+struct Group {
+    commits: Vec<EncodedCommit>,
+    commit_replies: Vec<oneshot::Sender<Result<CommitOutcome, StorageError>>>,
+    deletions: Vec<Deletion>,
+    delete_replies: Vec<oneshot::Sender<Result<(), StorageError>>>,
+    bytes: usize,
+}
+
+impl Group {
+    fn len(&self) -> usize {
+        self.commits.len() + self.deletions.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn is_full(&self) -> bool {
+        self.len() >= MAX_GROUP_REQUESTS || self.bytes >= MAX_GROUP_BYTES
+    }
+
+    /// Adds a request; returns the reply of a `Close` instead of adding it.
+    fn push(&mut self, request: Request) -> Option<oneshot::Sender<Result<(), StorageError>>> {
+        match request {
+            Request::Commit { commit, reply } => {
+                self.bytes += commit.size();
+                self.commits.push(commit);
+                self.commit_replies.push(reply);
+                None
+            }
+            Request::Delete { deletion, reply } => {
+                self.bytes += deletion.size();
+                self.deletions.push(deletion);
+                self.delete_replies.push(reply);
+                None
+            }
+            Request::Close { reply } => Some(reply),
+        }
+    }
+}
+
+/// Per-request results of a group that redb committed.
+struct GroupResults {
+    commits: Vec<Result<CommitOutcome, StorageError>>,
+    deletions: Vec<Result<(), StorageError>>,
+}
+
+struct Writer {
+    db: Arc<Database>,
+    queue: mpsc::Receiver<Request>,
+    fsync: bool,
+    /// With `fsync` off: when the oldest commit not yet flushed was made.
+    unflushed_since: Option<Instant>,
+    stats: Arc<Counters>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            let Some(first) = self.next_request() else {
+                // Every sender is gone: the store was dropped.
+                if let Err(e) = self.flush() {
+                    tracing::error!(error = %e, "flushing the embedded store at drop failed");
+                }
+                return;
+            };
+            let mut group = Group::default();
+            let mut close = group.push(first);
+            while close.is_none() && !group.is_full() {
+                match self.queue.try_recv() {
+                    Ok(request) => close = group.push(request),
+                    Err(_) => break,
+                }
+            }
+            if !group.is_empty() {
+                self.apply(group);
+            }
+            if let Some(reply) = close {
+                // Ignored send errors here and below: the waiter gave up on its answer.
+                let _ = reply.send(self.flush());
+                self.refuse_the_rest();
+                return;
+            }
+        }
+    }
+
+    /// The next request; `None` once every sender is gone. With unflushed commits, flushes
+    /// when [`NON_DURABLE_FLUSH_INTERVAL`] passes without one.
+    fn next_request(&mut self) -> Option<Request> {
+        loop {
+            let Some(since) = self.unflushed_since else {
+                return self.queue.recv().ok();
+            };
+            let wait = NON_DURABLE_FLUSH_INTERVAL.saturating_sub(since.elapsed());
+            match self.queue.recv_timeout(wait) {
+                Ok(request) => return Some(request),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.flush() {
+                        tracing::error!(error = %e, "flushing the embedded store failed");
+                        // Retried at the next group or at close; don't spin meanwhile.
+                        self.unflushed_since = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers every request queued after a `Close`: the store is closed.
+    fn refuse_the_rest(&mut self) {
+        while let Ok(request) = self.queue.try_recv() {
+            match request {
+                Request::Commit { reply, .. } => {
+                    let _ = reply.send(Err(StorageError::Closed));
+                }
+                Request::Delete { reply, .. } => {
+                    let _ = reply.send(Err(StorageError::Closed));
+                }
+                // Already flushed by the first close.
+                Request::Close { reply } => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, group: Group) {
+        let durable = self.fsync
+            || self
+                .unflushed_since
+                .is_some_and(|t| t.elapsed() >= NON_DURABLE_FLUSH_INTERVAL);
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        let Group {
+            commits,
+            commit_replies,
+            deletions,
+            delete_replies,
+            ..
+        } = group;
+        let requests = commits.len() + deletions.len();
+        match apply_group(&self.db, &commits, &deletions, durability) {
+            Ok(results) => {
+                self.stats.groups.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .requests
+                    .fetch_add(requests as u64, Ordering::Relaxed);
+                if durable {
+                    self.unflushed_since = None;
+                } else {
+                    self.unflushed_since.get_or_insert_with(Instant::now);
+                }
+                for (reply, result) in commit_replies.into_iter().zip(results.commits) {
+                    let _ = reply.send(result);
+                }
+                for (reply, result) in delete_replies.into_iter().zip(results.deletions) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, requests, "embedded store group commit failed");
+                for reply in commit_replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                for reply in delete_replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    /// Makes every commit so far durable (with `fsync` off).
+    fn flush(&mut self) -> Result<(), StorageError> {
+        if self.unflushed_since.is_none() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().or_io("begin flush")?;
+        // A new write transaction is durable (`Durability::Immediate`) unless told otherwise.
+        txn.commit()
+            .map_err(|e| StorageError::Io(format!("flush: {e}")))?;
+        self.unflushed_since = None;
+        Ok(())
+    }
+}
+
+/// Applies a group in one write transaction. `Err` means the whole group failed: `Io` if redb
+/// failed before its commit (nothing written), `OutcomeUnknown` if its commit failed.
+fn apply_group(
+    db: &Database,
+    commits: &[EncodedCommit],
+    deletions: &[Deletion],
+    durability: Durability,
+) -> Result<GroupResults, StorageError> {
+    let mut txn = db.begin_write().or_io("begin write")?;
+    txn.set_durability(durability).or_io("set durability")?;
+    let results = {
+        let mut versions = txn.open_table(VERSIONS).or_io("open versions")?;
+        let mut records = txn.open_table(COMMITS).or_io("open commits")?;
+        let mut idempotency = txn.open_table(IDEMPOTENCY).or_io("open idempotency")?;
+        let mut tables = Tables {
+            versions: &mut versions,
+            records: &mut records,
+            idempotency: &mut idempotency,
+        };
+        GroupResults {
+            commits: commits
+                .iter()
+                .map(|c| tables.commit(c))
+                .collect::<Result<_, redb::StorageError>>()
+                .or_io("write commit")?,
+            deletions: deletions
+                .iter()
+                .map(|d| tables.delete(d))
+                .collect::<Result<_, redb::StorageError>>()
+                .or_io("delete")?,
+        }
+    };
+    txn.commit().map_err(|e| {
+        StorageError::OutcomeUnknown(format!("commit of the write transaction: {e}"))
+    })?;
+    Ok(results)
+}
+
+type Table<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+/// The tables of one write transaction. Methods return `Err` for a redb failure (the group
+/// fails) and `Ok(Err)` for a failure of the request alone, which then wrote nothing.
+struct Tables<'a, 't> {
+    versions: &'a mut Table<'t>,
+    records: &'a mut Table<'t>,
+    idempotency: &'a mut Table<'t>,
+}
+
+impl Tables<'_, '_> {
+    fn commit(
+        &mut self,
+        commit: &EncodedCommit,
+    ) -> Result<Result<CommitOutcome, StorageError>, redb::StorageError> {
+        if let Some(key) = &commit.idempotency_key {
+            let existing = self
+                .idempotency
+                .get(&key[..])?
+                .map(|id| decode_id(id.value(), "idempotency entry"));
+            match existing {
+                Some(Ok(id)) => return Ok(Ok(CommitOutcome::Duplicate(id))),
+                Some(Err(e)) => return Ok(Err(e)),
+                None => {}
+            }
+        }
+        for (key, value) in &commit.versions {
+            self.versions.insert(key.as_slice(), &value[..])?;
+        }
+        self.records
+            .insert(&commit.id[..], commit.record.as_slice())?;
+        if let Some(key) = &commit.idempotency_key {
+            self.idempotency.insert(&key[..], &commit.id[..])?;
+        }
+        Ok(Ok(CommitOutcome::Committed))
+    }
+
+    fn delete(
+        &mut self,
+        deletion: &Deletion,
+    ) -> Result<Result<(), StorageError>, redb::StorageError> {
+        // Decode every record first, so that a corrupt one fails the request before it
+        // changes anything.
+        let mut owned_keys = Vec::new();
+        for id in &deletion.commits {
+            let id_bytes = id.to_bytes();
+            let key = match self.records.get(&id_bytes[..])? {
+                None => continue,
+                Some(record) => match parse_record(record.value()) {
+                    Ok((key, _)) => key.map(<[u8]>::to_vec),
+                    Err(e) => return Ok(Err(StorageError::Corrupt(format!("commit {id:?}: {e}")))),
+                },
+            };
+            owned_keys.push((id_bytes, key));
+        }
+        for key in &deletion.versions {
+            self.versions.remove(key.as_slice())?;
+        }
+        for (id, key) in owned_keys {
+            self.records.remove(&id[..])?;
+            let Some(key) = key else { continue };
+            // Only the entry that points at this commit belongs to it.
+            let points_here = self
+                .idempotency
+                .get(key.as_slice())?
+                .is_some_and(|entry| entry.value() == id);
+            if points_here {
+                self.idempotency.remove(key.as_slice())?;
+            }
+        }
+        Ok(Ok(()))
+    }
+}

@@ -1,0 +1,213 @@
+//! Storage: the contract between the transaction core and a backend.
+//!
+//! A backend stores three kinds of records (protocol.md §3):
+//!
+//! * **key versions**: `(user key, version id) -> value`, written once and never overwritten;
+//! * **commit records**: `version id -> (idempotency key, opaque body)`; the durable existence
+//!   of a commit record *is* the commit;
+//! * **idempotency entries**: `idempotency key -> version id` of the commit that used it.
+//!
+//! The core never names a concrete backend and backends never see RESP. Every method is
+//! async and batch-oriented so that a networked backend can serve a whole call in as few
+//! round trips as its topology allows.
+//!
+//! # Contract
+//!
+//! * [`Storage::commit`] makes every version of the batch durable **before** the commit
+//!   record becomes durable (ordered, or atomic as one write), and creates the commit record
+//!   only if no commit record already holds the same idempotency key (a conditional create).
+//!   When it returns `Ok(CommitOutcome::Committed)`, the commit survives a crash of the
+//!   process and of the machine (per the backend's durability settings).
+//! * A commit that returned an error other than [`StorageError::OutcomeUnknown`] left no
+//!   commit record: orphan versions may remain, which are invisible (readers only learn of
+//!   versions through commit records) and are reclaimed by garbage collection.
+//! * A future that is dropped before it completes leaves the same states as an error: either
+//!   nothing, orphan versions, or a complete commit. Callers that must know the outcome do not
+//!   drop commit futures.
+//! * [`Storage::get_versions`] returns, for every requested version, the value written by the
+//!   commit that created it, or `None` if the version does not exist (never written, or
+//!   collected). Reads are strongly consistent: a version whose commit returned `Ok` is found.
+//! * [`Storage::scan_commits`] lists commit records in increasing [`VersionId`] order, so that
+//!   a restarted node rebuilds its commit set by paging through it.
+//! * [`Storage::delete`] removes versions and commit records; deleting what does not exist is
+//!   not an error (idempotent).
+//!
+//! Keys and values are arbitrary bytes. Backends encode, never split, user keys.
+
+#[cfg(test)]
+pub(crate) mod conformance;
+pub mod embedded;
+pub mod fault;
+pub mod memory;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+/// A boxed, sendable future: what every [`Storage`] method returns, so that the core can hold
+/// an `Arc<dyn Storage>` and backends can be chosen at run time.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Transaction identifier: unique across nodes and restarts.
+///
+/// The high 64 bits identify the node incarnation that created the transaction (random at
+/// start), the low 64 bits count transactions within it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct TxnId(pub u128);
+
+impl fmt::Debug for TxnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Display for TxnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// Identifies one version of every key a transaction wrote: its commit timestamp (a hybrid
+/// logical clock value) and its transaction id. Versions are ordered by timestamp, then id;
+/// the greater version of a key is the newer one.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug)]
+pub struct VersionId {
+    /// Commit timestamp from the hybrid logical clock.
+    pub ts: u64,
+    /// The writing transaction.
+    pub txn: TxnId,
+}
+
+impl VersionId {
+    /// Encoded size of [`VersionId::to_bytes`].
+    pub const ENCODED_LEN: usize = 24;
+
+    /// Big-endian encoding whose byte order is the version order.
+    pub fn to_bytes(self) -> [u8; Self::ENCODED_LEN] {
+        let mut out = [0u8; Self::ENCODED_LEN];
+        out[..8].copy_from_slice(&self.ts.to_be_bytes());
+        out[8..].copy_from_slice(&self.txn.0.to_be_bytes());
+        out
+    }
+
+    /// Decodes [`VersionId::to_bytes`]; `None` if `bytes` has the wrong length.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::ENCODED_LEN {
+            return None;
+        }
+        let ts = u64::from_be_bytes(bytes[..8].try_into().ok()?);
+        let txn = u128::from_be_bytes(bytes[8..].try_into().ok()?);
+        Some(VersionId {
+            ts,
+            txn: TxnId(txn),
+        })
+    }
+}
+
+/// Names one stored key version.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct VersionKey {
+    /// The user key (arbitrary bytes).
+    pub key: Bytes,
+    /// The version of it.
+    pub version: VersionId,
+}
+
+/// A commit record as the backend sees it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct CommitRecord {
+    /// The version id shared by every version the transaction wrote.
+    pub id: VersionId,
+    /// Client-chosen key making the commit idempotent: at most one commit record ever holds
+    /// a given idempotency key.
+    pub idempotency_key: Option<Bytes>,
+    /// The core's encoding of the write set; opaque to the backend.
+    pub body: Bytes,
+}
+
+/// Everything one transaction commits: its versions (all at `record.id`) and its record.
+#[derive(Clone, Debug)]
+pub struct CommitBatch {
+    /// `(user key, value)` for every version to write.
+    pub versions: Vec<(Bytes, Bytes)>,
+    /// Written only after every version is durable.
+    pub record: CommitRecord,
+}
+
+/// What [`Storage::commit`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CommitOutcome {
+    /// The commit record was created: the transaction is committed.
+    Committed,
+    /// A commit record with the same idempotency key already exists (its id is given); no
+    /// commit record was created for this batch. Its versions may remain as orphans.
+    Duplicate(VersionId),
+}
+
+/// Errors of every backend, mapped into one enum. Each says whether the caller may retry.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// The backend could not be reached or refused the request; nothing was committed.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The backend failed while serving the request; nothing was committed.
+    #[error("backend I/O error: {0}")]
+    Io(String),
+    /// A commit may or may not have been applied (e.g. a timeout after sending it).
+    #[error("commit outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// Stored data could not be decoded.
+    #[error("corrupt data in backend: {0}")]
+    Corrupt(String),
+    /// The backend was closed.
+    #[error("backend is closed")]
+    Closed,
+}
+
+impl StorageError {
+    /// Whether the same request may be sent again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StorageError::Unavailable(_))
+    }
+}
+
+/// The storage contract. See the module documentation for the guarantees each method gives.
+pub trait Storage: Send + Sync + 'static {
+    /// Short name of the backend, for INFO and logs.
+    fn name(&self) -> &'static str;
+
+    /// Writes every version, then the commit record (conditional on its idempotency key).
+    fn commit(&self, batch: CommitBatch) -> BoxFuture<'_, Result<CommitOutcome, StorageError>>;
+
+    /// Reads versions; the result has one entry per requested key, in order.
+    fn get_versions(
+        &self,
+        keys: Vec<VersionKey>,
+    ) -> BoxFuture<'_, Result<Vec<Option<Bytes>>, StorageError>>;
+
+    /// Up to `limit` commit records with id greater than `after` (all if `None`), in
+    /// increasing id order.
+    fn scan_commits(
+        &self,
+        after: Option<VersionId>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CommitRecord>, StorageError>>;
+
+    /// The id of the commit record holding `idempotency_key`, if any.
+    fn find_idempotent(
+        &self,
+        idempotency_key: Bytes,
+    ) -> BoxFuture<'_, Result<Option<VersionId>, StorageError>>;
+
+    /// Deletes versions and commit records (with their idempotency entries). Idempotent.
+    fn delete(
+        &self,
+        versions: Vec<VersionKey>,
+        commits: Vec<VersionId>,
+    ) -> BoxFuture<'_, Result<(), StorageError>>;
+
+    /// Flushes what is buffered and releases resources; later calls fail with `Closed`.
+    fn close(&self) -> BoxFuture<'_, Result<(), StorageError>>;
+}

@@ -1,0 +1,315 @@
+//! The in-memory index of committed versions: for every key, the versions a running or
+//! future transaction may still read, each tagged with the sequence number at which its
+//! commit became known to this node (protocol.md §5, "snapshot of the known commit set").
+//!
+//! A reader pinned at sequence `p` sees, for each key, the greatest version whose sequence is
+//! `<= p`. Versions carry an optional cached value: versions are immutable, so the cache
+//! never needs invalidation, only a byte budget.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use super::record::Kind;
+use crate::storage::VersionId;
+
+const SHARDS: usize = 64;
+
+/// One committed version of a key, as the index knows it.
+#[derive(Clone, Debug)]
+pub struct VersionMeta {
+    /// The version (commit timestamp and transaction).
+    pub id: VersionId,
+    /// When its commit became known to this node.
+    pub seq: u64,
+    /// What it is.
+    pub kind: Kind,
+    /// Absolute expiry in ms, 0 for none.
+    pub expire_at: u64,
+    /// The stored value, if cached.
+    pub value: Option<Bytes>,
+}
+
+impl VersionMeta {
+    /// Whether the key holds a value at this version at time `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.kind != Kind::Tombstone && (self.expire_at == 0 || self.expire_at > now_ms)
+    }
+}
+
+type Shard = HashMap<Bytes, Vec<VersionMeta>>;
+
+/// Sharded map from user key to its versions, oldest first.
+pub struct Index {
+    shards: Box<[RwLock<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    cached_bytes: AtomicUsize,
+    cache_budget: usize,
+}
+
+impl Index {
+    /// An empty index whose value cache holds at most `cache_budget` bytes.
+    pub fn new(cache_budget: usize) -> Self {
+        Index {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+            cached_bytes: AtomicUsize::new(0),
+            cache_budget,
+        }
+    }
+
+    fn shard(&self, key: &[u8]) -> &RwLock<Shard> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    /// The version of `key` visible to a reader pinned at `pin`.
+    pub fn visible(&self, key: &[u8], pin: u64) -> Option<VersionMeta> {
+        let shard = self.shard(key).read();
+        let versions = shard.get(key)?;
+        visible_in(versions, pin).cloned()
+    }
+
+    /// The greatest committed version of `key` known, whatever its sequence.
+    pub fn latest(&self, key: &[u8]) -> Option<VersionId> {
+        let shard = self.shard(key).read();
+        shard.get(key).and_then(|v| v.last()).map(|v| v.id)
+    }
+
+    /// The greatest committed version of `key` with its expiry and liveness at `now_ms`.
+    pub fn latest_meta(&self, key: &[u8]) -> Option<VersionMeta> {
+        let shard = self.shard(key).read();
+        shard.get(key).and_then(|v| v.last()).map(|v| VersionMeta {
+            value: None,
+            ..v.clone()
+        })
+    }
+
+    /// Adds a committed version. Versions that no reader pinned at `min_pin` or later can
+    /// read any more are dropped (the greatest one at or below `min_pin` is kept).
+    pub fn insert(&self, key: Bytes, mut meta: VersionMeta, min_pin: u64) {
+        if let Some(v) = &meta.value {
+            if !self.reserve_cache(v.len()) {
+                meta.value = None;
+            }
+        }
+        let mut shard = self.shard(&key).write();
+        let versions = shard.entry(key).or_default();
+        let at = versions.partition_point(|v| v.id < meta.id);
+        if versions.get(at).is_some_and(|v| v.id == meta.id) {
+            // Already known (e.g. learned twice): keep the first.
+            if let Some(v) = &meta.value {
+                self.release_cache(v.len());
+            }
+            return;
+        }
+        versions.insert(at, meta);
+        self.prune(versions, min_pin);
+    }
+
+    /// Drops versions invisible to every reader pinned at `min_pin` or later.
+    fn prune(&self, versions: &mut Vec<VersionMeta>, min_pin: u64) {
+        if versions.len() < 2 {
+            return;
+        }
+        // The greatest version at or below min_pin stays; smaller ones at or below min_pin
+        // are shadowed by it for every pin >= min_pin.
+        let Some(keep) = versions.iter().rposition(|v| v.seq <= min_pin) else {
+            return;
+        };
+        let mut released = 0;
+        let mut i = 0;
+        versions.retain(|v| {
+            let drop = i < keep && v.seq <= min_pin;
+            i += 1;
+            if drop {
+                released += v.value.as_ref().map_or(0, |b| b.len());
+            }
+            !drop
+        });
+        if released > 0 {
+            self.release_cache(released);
+        }
+    }
+
+    /// Caches the value of a version read from storage, if the budget allows.
+    pub fn cache_value(&self, key: &[u8], id: VersionId, value: &Bytes) {
+        if !self.reserve_cache(value.len()) {
+            return;
+        }
+        let mut shard = self.shard(key).write();
+        if let Some(v) = shard
+            .get_mut(key)
+            .and_then(|vs| vs.iter_mut().find(|v| v.id == id))
+        {
+            if v.value.is_none() {
+                v.value = Some(value.clone());
+                return;
+            }
+        }
+        drop(shard);
+        self.release_cache(value.len());
+    }
+
+    fn reserve_cache(&self, len: usize) -> bool {
+        let mut current = self.cached_bytes.load(Ordering::Relaxed);
+        loop {
+            if current + len > self.cache_budget {
+                return false;
+            }
+            match self.cached_bytes.compare_exchange_weak(
+                current,
+                current + len,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(c) => current = c,
+            }
+        }
+    }
+
+    fn release_cache(&self, len: usize) {
+        self.cached_bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// Bytes of values currently cached.
+    pub fn cached_bytes(&self) -> usize {
+        self.cached_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Every key live at `now_ms` for a reader pinned at `pin`, with its visible version.
+    pub fn live_keys(&self, pin: u64, now_ms: u64) -> Vec<(Bytes, VersionMeta)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            for (key, versions) in shard.iter() {
+                if let Some(v) = visible_in(versions, pin).filter(|v| v.is_live(now_ms)) {
+                    out.push((
+                        key.clone(),
+                        VersionMeta {
+                            value: None,
+                            ..v.clone()
+                        },
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// `(keys, keys with an expiry)` live at `now_ms` for a reader pinned at `pin`.
+    pub fn count_live(&self, pin: u64, now_ms: u64) -> (usize, usize) {
+        let (mut keys, mut expires) = (0, 0);
+        for shard in self.shards.iter() {
+            for versions in shard.read().values() {
+                if let Some(v) = visible_in(versions, pin).filter(|v| v.is_live(now_ms)) {
+                    keys += 1;
+                    if v.expire_at != 0 {
+                        expires += 1;
+                    }
+                }
+            }
+        }
+        (keys, expires)
+    }
+
+    /// Number of versions held in memory.
+    pub fn version_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+}
+
+fn visible_in(versions: &[VersionMeta], pin: u64) -> Option<&VersionMeta> {
+    // Newest first: in the common case the newest version is already visible.
+    versions.iter().rev().find(|v| v.seq <= pin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::TxnId;
+
+    fn meta(ts: u64, seq: u64, value: &'static [u8]) -> VersionMeta {
+        VersionMeta {
+            id: VersionId {
+                ts,
+                txn: TxnId(ts as u128),
+            },
+            seq,
+            kind: Kind::String,
+            expire_at: 0,
+            value: Some(Bytes::from_static(value)),
+        }
+    }
+
+    #[test]
+    fn reader_sees_greatest_version_at_its_pin() {
+        let index = Index::new(1 << 20);
+        index.insert(Bytes::from_static(b"k"), meta(10, 1, b"a"), 0);
+        index.insert(Bytes::from_static(b"k"), meta(20, 2, b"b"), 0);
+        assert_eq!(index.visible(b"k", 1).unwrap().id.ts, 10);
+        assert_eq!(index.visible(b"k", 2).unwrap().id.ts, 20);
+        assert!(index.visible(b"k", 0).is_none());
+        assert!(index.visible(b"other", 2).is_none());
+    }
+
+    #[test]
+    fn a_late_older_version_never_shadows_a_newer_one() {
+        // A commit with a smaller timestamp that becomes known later.
+        let index = Index::new(1 << 20);
+        index.insert(Bytes::from_static(b"k"), meta(20, 1, b"new"), 0);
+        index.insert(Bytes::from_static(b"k"), meta(10, 2, b"old"), 0);
+        assert_eq!(index.visible(b"k", 2).unwrap().id.ts, 20);
+        assert_eq!(index.latest(b"k").unwrap().ts, 20);
+    }
+
+    #[test]
+    fn pruning_keeps_what_pinned_readers_need() {
+        let index = Index::new(1 << 20);
+        let k = Bytes::from_static(b"k");
+        index.insert(k.clone(), meta(10, 1, b"a"), 0);
+        index.insert(k.clone(), meta(20, 2, b"b"), 1); // a reader pinned at 1 exists
+        index.insert(k.clone(), meta(30, 3, b"c"), 1);
+        assert_eq!(index.visible(b"k", 1).unwrap().id.ts, 10);
+        assert_eq!(index.version_count(), 3);
+        index.insert(k.clone(), meta(40, 4, b"d"), 3); // oldest reader now at 3
+        assert_eq!(index.version_count(), 2);
+        assert_eq!(index.visible(b"k", 3).unwrap().id.ts, 30);
+        assert_eq!(index.cached_bytes(), 2);
+    }
+
+    #[test]
+    fn cache_respects_its_budget() {
+        let index = Index::new(3);
+        index.insert(Bytes::from_static(b"a"), meta(1, 1, b"12"), 0);
+        index.insert(Bytes::from_static(b"b"), meta(2, 2, b"34"), 0);
+        assert!(index.visible(b"a", 2).unwrap().value.is_some());
+        assert!(index.visible(b"b", 2).unwrap().value.is_none());
+        assert_eq!(index.cached_bytes(), 2);
+    }
+
+    #[test]
+    fn live_keys_skip_tombstones_and_expired() {
+        let index = Index::new(0);
+        index.insert(Bytes::from_static(b"a"), meta(1, 1, b""), 0);
+        let mut dead = meta(2, 2, b"");
+        dead.kind = Kind::Tombstone;
+        index.insert(Bytes::from_static(b"b"), dead, 0);
+        let mut expired = meta(3, 3, b"");
+        expired.expire_at = 100;
+        index.insert(Bytes::from_static(b"c"), expired, 0);
+        let keys: Vec<_> = index
+            .live_keys(3, 200)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec![Bytes::from_static(b"a")]);
+        assert_eq!(index.count_live(3, 50), (2, 1));
+    }
+}
