@@ -143,7 +143,7 @@ async fn serve(config: Config) -> Result<(), String> {
                     fsync: config.fsync,
                 },
             )
-            .map_err(|e| format!("cannot open {}: {e}", config.data_dir.display()))?,
+            .map_err(|e| format!("cannot open the embedded backend: {e}"))?,
         ),
         BackendKind::Memory => Arc::new(MemoryStorage::new()),
     };

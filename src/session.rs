@@ -101,6 +101,12 @@ impl Session {
             return self.queue_error(e);
         };
         if !spec.arity_ok(args.len()) {
+            if spec.id == Id::Exec {
+                // Redis rejects a malformed EXEC by aborting the transaction.
+                self.multi = None;
+                self.watches.clear();
+                return err("EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' command");
+            }
             return self.queue_error(ParseError::Arity(spec.name));
         }
         if !self.authenticated && !matches!(spec.id, Id::Auth | Id::Hello | Id::Quit | Id::Reset) {

@@ -6,8 +6,9 @@
 //!
 //! * `versions`: `u32` big-endian length of the user key ‖ user key ‖ [`VersionId::to_bytes`]
 //!   → value. The length prefix keeps keys that are prefixes of each other apart.
-//! * `commits`: [`VersionId::to_bytes`] → commit record (see [`encode_record`]); the byte order
-//!   of the keys is the id order, so a range scan lists records in id order.
+//! * `commits`: [`VersionId::to_bytes`] → commit record (a small versioned encoding, see
+//!   `encode_record`); the byte order of the keys is the id order, so a range scan lists
+//!   records in id order.
 //! * `idempotency`: idempotency key → [`VersionId::to_bytes`] of the commit holding it.
 //! * `meta`: `"format"` → the layout version, checked on open.
 //!
@@ -111,6 +112,9 @@ pub struct EmbeddedStats {
 /// [`EmbeddedStorage::open`]. Dropping it without [`Storage::close`] still applies and flushes
 /// every queued request, stops the writer thread and releases the file, blocking the dropping
 /// thread meanwhile (at most one group commit).
+///
+/// Reads and [`Storage::close`] run on Tokio's blocking pool, so they must be awaited inside a
+/// Tokio runtime.
 pub struct EmbeddedStorage {
     path: PathBuf,
     /// For reads; `None` once closed.
@@ -120,7 +124,7 @@ pub struct EmbeddedStorage {
     /// Requests to the writer thread; `None` only while dropping.
     requests: Option<mpsc::Sender<Request>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    stats: Arc<Counters>,
+    shared: Arc<Shared>,
 }
 
 impl EmbeddedStorage {
@@ -148,14 +152,14 @@ impl EmbeddedStorage {
     fn start(db: Database, path: PathBuf, options: EmbeddedOptions) -> Result<Self, StorageError> {
         init_tables(&db, &path)?;
         let db = Arc::new(db);
-        let stats = Arc::new(Counters::default());
+        let shared = Arc::new(Shared::default());
         let (requests, queue) = mpsc::channel();
         let writer = Writer {
             db: db.clone(),
             queue,
             fsync: options.fsync,
             unflushed_since: None,
-            stats: stats.clone(),
+            shared: shared.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("aft-storage-writer".into())
@@ -169,7 +173,7 @@ impl EmbeddedStorage {
             closed: AtomicBool::new(false),
             requests: Some(requests),
             writer: Mutex::new(Some(handle)),
-            stats,
+            shared,
         })
     }
 
@@ -181,8 +185,8 @@ impl EmbeddedStorage {
     /// What the writer thread has done so far.
     pub fn stats(&self) -> EmbeddedStats {
         EmbeddedStats {
-            groups: self.stats.groups.load(Ordering::Relaxed),
-            requests: self.stats.requests.load(Ordering::Relaxed),
+            groups: self.shared.groups.load(Ordering::Relaxed),
+            requests: self.shared.requests.load(Ordering::Relaxed),
         }
     }
 
@@ -379,15 +383,14 @@ impl Storage for EmbeddedStorage {
                 Some(requests) => requests.send(Request::Close { reply }).is_ok(),
                 None => false,
             };
-            // Not sent: the writer already stopped, after an earlier close flushed.
-            let mut result = Ok(());
-            if sent {
-                result = answer.await.unwrap_or_else(|_| {
-                    Err(StorageError::Io(
-                        "the storage writer thread stopped before flushing".into(),
-                    ))
-                });
-            }
+            let answered = if sent { answer.await.ok() } else { None };
+            // Unanswered: the writer had already stopped, after an earlier close (whose result
+            // it kept) or by a panic.
+            let mut result = answered.unwrap_or_else(|| {
+                self.shared.close_result.lock().clone().unwrap_or_else(|| {
+                    Err(StorageError::Io("the storage writer thread stopped".into()))
+                })
+            });
             let handle = self.writer.lock().take();
             if let Some(handle) = handle {
                 let joined = tokio::task::spawn_blocking(move || handle.join()).await;
@@ -429,6 +432,12 @@ fn open_error(path: &Path, error: DatabaseError) -> StorageError {
         )),
         DatabaseError::Storage(redb::StorageError::Corrupted(message)) => {
             StorageError::Corrupt(format!("{}: {message}", path.display()))
+        }
+        // redb reports a file that is not a database (bad magic number) this way.
+        DatabaseError::Storage(redb::StorageError::Io(e))
+            if e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            StorageError::Corrupt(format!("{}: {e}", path.display()))
         }
         other => StorageError::Io(format!("cannot open {}: {other}", path.display())),
     }
@@ -652,10 +661,13 @@ enum Request {
     },
 }
 
+/// State shared by the store and its writer thread.
 #[derive(Default)]
-struct Counters {
+struct Shared {
     groups: AtomicU64,
     requests: AtomicU64,
+    /// The final flush's result, once a close has stopped the writer.
+    close_result: Mutex<Option<Result<(), StorageError>>>,
 }
 
 /// Requests applied together in one write transaction.
@@ -713,7 +725,7 @@ struct Writer {
     fsync: bool,
     /// With `fsync` off: when the oldest commit not yet flushed was made.
     unflushed_since: Option<Instant>,
-    stats: Arc<Counters>,
+    shared: Arc<Shared>,
 }
 
 impl Writer {
@@ -738,8 +750,10 @@ impl Writer {
                 self.apply(group);
             }
             if let Some(reply) = close {
+                let result = self.flush();
+                *self.shared.close_result.lock() = Some(result.clone());
                 // Ignored send errors here and below: the waiter gave up on its answer.
-                let _ = reply.send(self.flush());
+                let _ = reply.send(result);
                 self.refuse_the_rest();
                 return;
             }
@@ -778,9 +792,10 @@ impl Writer {
                 Request::Delete { reply, .. } => {
                     let _ = reply.send(Err(StorageError::Closed));
                 }
-                // Already flushed by the first close.
+                // The first close flushed; same answer.
                 Request::Close { reply } => {
-                    let _ = reply.send(Ok(()));
+                    let result = self.shared.close_result.lock().clone();
+                    let _ = reply.send(result.unwrap_or(Ok(())));
                 }
             }
         }
@@ -806,8 +821,8 @@ impl Writer {
         let requests = commits.len() + deletions.len();
         match apply_group(&self.db, &commits, &deletions, durability) {
             Ok(results) => {
-                self.stats.groups.fetch_add(1, Ordering::Relaxed);
-                self.stats
+                self.shared.groups.fetch_add(1, Ordering::Relaxed);
+                self.shared
                     .requests
                     .fetch_add(requests as u64, Ordering::Relaxed);
                 if durable {
@@ -957,5 +972,661 @@ impl Tables<'_, '_> {
             }
         }
         Ok(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::task::{Context, Waker};
+
+    use redb::backends::InMemoryBackend;
+    use redb::{ReadableTableMetadata, StorageBackend};
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::storage::conformance::{
+        self, batch, commit_ok, get_one, plain, scan_all, vid, vkey,
+    };
+
+    fn open_temp(fsync: bool) -> (Arc<EmbeddedStorage>, TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = EmbeddedStorage::open(dir.path(), EmbeddedOptions { fsync }).expect("open");
+        (Arc::new(storage), dir)
+    }
+
+    fn reopen(dir: &TempDir, fsync: bool) -> EmbeddedStorage {
+        EmbeddedStorage::open(dir.path(), EmbeddedOptions { fsync }).expect("reopen")
+    }
+
+    conformance::conformance_tests!(|| open_temp(true));
+
+    mod without_fsync {
+        use super::open_temp;
+        use crate::storage::conformance;
+
+        conformance::conformance_tests!(|| open_temp(false));
+    }
+
+    /// Commits a few records (one later deleted) and returns what should remain.
+    async fn populate(s: &dyn Storage) -> Vec<VersionId> {
+        let ids: Vec<VersionId> = (1..=20).map(|i| vid(i, u128::from(i) << 64)).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let idem = format!("idem-{i}");
+            let value = format!("value-{i}");
+            commit_ok(
+                s,
+                batch(*id, Some(idem.as_bytes()), &[(b"k", value.as_bytes())]),
+            )
+            .await;
+        }
+        s.delete(vec![vkey(b"k", ids[0])], vec![ids[0]])
+            .await
+            .expect("delete");
+        ids[1..].to_vec()
+    }
+
+    async fn check_populated(s: &dyn Storage, expected: &[VersionId]) {
+        let ids: Vec<VersionId> = scan_all(s).await.iter().map(|r| r.id).collect();
+        assert_eq!(ids, expected);
+        for (i, id) in expected.iter().enumerate() {
+            let value = format!("value-{}", i + 1);
+            assert_eq!(
+                get_one(s, b"k", *id).await.as_deref(),
+                Some(value.as_bytes())
+            );
+            let idem = Bytes::from(format!("idem-{}", i + 1));
+            assert_eq!(plain(s.find_idempotent(idem).await), Ok(Some(*id)));
+        }
+        assert_eq!(
+            plain(s.find_idempotent(Bytes::from_static(b"idem-0")).await),
+            Ok(None)
+        );
+        // Idempotency survives the restart.
+        let retry = s
+            .commit(batch(vid(99, 99), Some(b"idem-1"), &[(b"k", b"again")]))
+            .await;
+        assert_eq!(plain(retry), Ok(CommitOutcome::Duplicate(expected[0])));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopen_after_close_finds_everything() {
+        for fsync in [true, false] {
+            let (s, dir) = open_temp(fsync);
+            let expected = populate(&*s).await;
+            s.close().await.expect("close");
+            drop(s);
+            let s = reopen(&dir, fsync);
+            check_populated(&s, &expected).await;
+            s.close().await.expect("close");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopen_after_drop_finds_every_acknowledged_commit() {
+        for fsync in [true, false] {
+            let (s, dir) = open_temp(fsync);
+            let expected = populate(&*s).await;
+            // Concurrent commits, then the store is dropped with no close.
+            let tasks: Vec<_> = (0..64u64)
+                .map(|i| {
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        let id = vid(1000 + i, u128::from(i));
+                        (id, s.commit(batch(id, None, &[(b"c", b"v")])).await)
+                    })
+                })
+                .collect();
+            let mut acknowledged = Vec::new();
+            for task in tasks {
+                let (id, result) = task.await.expect("task");
+                assert_eq!(plain(result), Ok(CommitOutcome::Committed));
+                acknowledged.push(id);
+            }
+            drop(Arc::into_inner(s).expect("sole owner"));
+
+            let s = reopen(&dir, fsync);
+            let found: BTreeSet<VersionId> = scan_all(&s).await.iter().map(|r| r.id).collect();
+            for id in expected.iter().chain(&acknowledged) {
+                assert!(found.contains(id), "fsync {fsync}: {id:?} lost");
+            }
+            for id in &acknowledged {
+                assert_eq!(get_one(&s, b"c", *id).await.as_deref(), Some(&b"v"[..]));
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn second_open_fails_clearly_until_closed() {
+        let (s, dir) = open_temp(true);
+        commit_ok(&*s, batch(vid(1, 1), None, &[(b"k", b"v")])).await;
+        let second = EmbeddedStorage::open(dir.path(), EmbeddedOptions::default());
+        match second {
+            Err(StorageError::Unavailable(message)) => {
+                assert!(message.contains("already open"), "{message}");
+                assert!(message.contains(FILE_NAME), "{message}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        // The first store is unharmed.
+        assert_eq!(
+            get_one(&*s, b"k", vid(1, 1)).await.as_deref(),
+            Some(&b"v"[..])
+        );
+        commit_ok(&*s, batch(vid(2, 2), None, &[(b"k", b"w")])).await;
+
+        // Closing releases the file, even while the value is still alive.
+        s.close().await.expect("close");
+        let third = reopen(&dir, true);
+        assert_eq!(scan_all(&third).await.len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn corrupt_records_are_reported() {
+        let (s, dir) = open_temp(true);
+        let good = vid(1, 1);
+        commit_ok(&*s, batch(good, Some(b"good"), &[(b"k", b"v")])).await;
+        s.close().await.expect("close");
+        drop(s);
+
+        let bad = vid(5, 5);
+        {
+            let db = Database::create(dir.path().join(FILE_NAME)).expect("raw open");
+            let txn = db.begin_write().expect("begin");
+            {
+                let mut commits = txn.open_table(COMMITS).expect("commits");
+                commits
+                    .insert(&bad.to_bytes()[..], &[9u8, 0][..])
+                    .expect("insert");
+                let mut idempotency = txn.open_table(IDEMPOTENCY).expect("idempotency");
+                idempotency
+                    .insert(&b"bad"[..], &b"short"[..])
+                    .expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+
+        let s = reopen(&dir, true);
+        let corrupt = |what: &str, result: Result<(), StorageError>| {
+            assert!(
+                matches!(result, Err(StorageError::Corrupt(_))),
+                "{what}: {result:?}"
+            );
+        };
+        corrupt("scan", s.scan_commits(None, 10).await.map(drop));
+        corrupt(
+            "find",
+            s.find_idempotent(Bytes::from_static(b"bad"))
+                .await
+                .map(drop),
+        );
+        let retry = s
+            .commit(batch(vid(6, 6), Some(b"bad"), &[(b"k", b"x")]))
+            .await;
+        corrupt("commit", retry.map(drop));
+        corrupt("delete", s.delete(vec![vkey(b"k", good)], vec![bad]).await);
+
+        // Nothing of the failed requests was applied; the rest of the store works.
+        assert_eq!(get_one(&s, b"k", vid(6, 6)).await, None);
+        assert_eq!(get_one(&s, b"k", good).await.as_deref(), Some(&b"v"[..]));
+        assert_eq!(
+            plain(s.find_idempotent(Bytes::from_static(b"good")).await),
+            Ok(Some(good))
+        );
+        let after_bad = s
+            .scan_commits(Some(bad), 10)
+            .await
+            .expect("scan past the bad record");
+        assert!(after_bad.is_empty());
+        let first = s
+            .scan_commits(None, 1)
+            .await
+            .expect("scan before the bad record");
+        assert_eq!(first.iter().map(|r| r.id).collect::<Vec<_>>(), vec![good]);
+        commit_ok(&s, batch(vid(7, 7), Some(b"fresh"), &[(b"k", b"y")])).await;
+    }
+
+    #[test]
+    fn open_rejects_a_file_that_is_not_a_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let garbage: Vec<u8> = b"not a database "
+            .iter()
+            .copied()
+            .cycle()
+            .take(64 * 1024)
+            .collect();
+        std::fs::write(dir.path().join(FILE_NAME), garbage).expect("write");
+        let result = EmbeddedStorage::open(dir.path(), EmbeddedOptions::default());
+        match result {
+            Err(StorageError::Corrupt(message)) => {
+                assert!(message.contains(FILE_NAME), "{message}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn record_encoding_round_trips_and_rejects_garbage() {
+        let id = vid(3, 4);
+        for (key, body) in [
+            (None, &b""[..]),
+            (None, &b"body"[..]),
+            (Some(&b""[..]), &b"body"[..]),
+            (Some(&b"\x00\xff"[..]), &b""[..]),
+            (Some(&b"idem"[..]), &b"\x01\x00\x00\x00\x05body"[..]),
+        ] {
+            let encoded = encode_record(key, body).expect("encode");
+            let record = decode_record(id, &encoded).expect("decode");
+            assert_eq!(record.id, id);
+            assert_eq!(record.idempotency_key.as_deref(), key);
+            assert_eq!(&record.body[..], body);
+        }
+        for garbage in [
+            &b""[..],
+            &b"\x01"[..],
+            &b"\x02\x00body"[..],
+            &b"\x01\x02body"[..],
+            &b"\x01\x01\x00\x00"[..],
+            &b"\x01\x01\x00\x00\x00\x05abcd"[..],
+            &b"\x01\x01\xff\xff\xff\xff"[..],
+        ] {
+            let result = decode_record(id, garbage);
+            assert!(
+                matches!(result, Err(StorageError::Corrupt(_))),
+                "{garbage:?}: {result:?}"
+            );
+        }
+        for bad_id in [&b""[..], &[0u8; 23][..], &[0u8; 25][..]] {
+            assert!(matches!(
+                decode_id(bad_id, "id"),
+                Err(StorageError::Corrupt(_))
+            ));
+        }
+        assert_eq!(decode_id(&id.to_bytes(), "id").ok(), Some(id));
+
+        // The length prefix keeps prefixes apart: "a" ‖ id never equals "" ‖ something.
+        let a = version_key(b"a", id).expect("encode");
+        assert_eq!(&a[..4], &[0, 0, 0, 1]);
+        assert_eq!(&a[4..5], b"a");
+        assert_eq!(&a[5..], &id.to_bytes());
+    }
+
+    #[test]
+    fn duplicates_within_one_group_and_against_the_table() {
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .expect("db");
+        init_tables(&db, Path::new("memory")).expect("tables");
+        let encode = |b: CommitBatch| EncodedCommit::new(b).expect("encode");
+
+        let first = vid(1, 1);
+        let results = apply_group(
+            &db,
+            &[
+                encode(batch(first, Some(b"k"), &[(b"x", b"1")])),
+                encode(batch(vid(2, 2), Some(b"k"), &[(b"x", b"2")])),
+                encode(batch(vid(3, 3), None, &[(b"x", b"3")])),
+                encode(batch(vid(4, 4), Some(b"other"), &[])),
+            ],
+            &[Deletion {
+                versions: vec![version_key(b"x", vid(3, 3)).expect("key")],
+                commits: vec![vid(4, 4)],
+            }],
+            Durability::Immediate,
+        )
+        .expect("group");
+        let outcomes: Vec<_> = results.commits.into_iter().map(plain).collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                Ok(CommitOutcome::Committed),
+                Ok(CommitOutcome::Duplicate(first)),
+                Ok(CommitOutcome::Committed),
+                Ok(CommitOutcome::Committed),
+            ]
+        );
+        assert_eq!(
+            results.deletions.into_iter().map(plain).collect::<Vec<_>>(),
+            vec![Ok(())]
+        );
+
+        // A later group sees the key in the table.
+        let results = apply_group(
+            &db,
+            &[encode(batch(vid(5, 5), Some(b"k"), &[(b"x", b"5")]))],
+            &[],
+            Durability::Immediate,
+        )
+        .expect("group");
+        assert_eq!(
+            plain(results.commits.into_iter().next().expect("one")),
+            Ok(CommitOutcome::Duplicate(first))
+        );
+
+        let txn = db.begin_read().expect("read");
+        let versions = txn.open_table(VERSIONS).expect("versions");
+        let present = |id: VersionId| {
+            let key = version_key(b"x", id).expect("key");
+            versions.get(key.as_slice()).expect("get").is_some()
+        };
+        assert!(present(first));
+        assert!(!present(vid(2, 2)), "duplicate wrote a version");
+        assert!(!present(vid(3, 3)), "deleted in the same group");
+        assert!(!present(vid(5, 5)), "duplicate wrote a version");
+        let commits = txn.open_table(COMMITS).expect("commits");
+        assert_eq!(commits.len().expect("len"), 2);
+        let idempotency = txn.open_table(IDEMPOTENCY).expect("idempotency");
+        assert!(idempotency.get(&b"other"[..]).expect("get").is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_commits_share_one_write_transaction() {
+        let (s, _dir) = open_temp(true);
+        let db = s.db.read().clone().expect("open");
+        // While the test holds redb's write lock the writer thread cannot begin a group, so
+        // every commit below is queued before any is applied.
+        let blocker = db.begin_write().expect("begin write");
+        let mut pending: Vec<_> = (0..64u64)
+            .map(|i| s.commit(batch(vid(i, u128::from(i)), None, &[(b"k", b"v")])))
+            .collect();
+        let mut cx = Context::from_waker(Waker::noop());
+        for commit in &mut pending {
+            assert!(commit.as_mut().poll(&mut cx).is_pending());
+        }
+        blocker.abort().expect("abort");
+        drop(db);
+        for commit in pending {
+            assert_eq!(plain(commit.await), Ok(CommitOutcome::Committed));
+        }
+        // The first request the writer took may form a group alone; the rest share one.
+        let stats = s.stats();
+        assert_eq!(stats.requests, 64);
+        assert!(stats.groups <= 2, "{stats:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_applies_what_was_queued_and_refuses_the_rest() {
+        let (s, dir) = open_temp(true);
+        let tasks: Vec<_> = (0..100u64)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let id = vid(i, u128::from(i));
+                    (id, s.commit(batch(id, None, &[(b"k", b"v")])).await)
+                })
+            })
+            .collect();
+        let closer = s.clone();
+        let close = tokio::spawn(async move { closer.close().await });
+        let mut committed = Vec::new();
+        let mut refused = Vec::new();
+        for task in tasks {
+            match task.await.expect("task") {
+                (id, Ok(CommitOutcome::Committed)) => committed.push(id),
+                (id, Err(StorageError::Closed)) => refused.push(id),
+                (id, other) => panic!("{id:?}: {other:?}"),
+            }
+        }
+        close.await.expect("close task").expect("close");
+        drop(Arc::into_inner(s).expect("sole owner"));
+
+        let s = reopen(&dir, true);
+        let found: BTreeSet<VersionId> = scan_all(&s).await.iter().map(|r| r.id).collect();
+        assert_eq!(found, committed.iter().copied().collect());
+        for id in refused {
+            assert_eq!(get_one(&s, b"k", id).await, None);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_closes_all_succeed_after_one_flush() {
+        for fsync in [true, false] {
+            let (s, dir) = open_temp(fsync);
+            commit_ok(&*s, batch(vid(1, 1), None, &[(b"k", b"v")])).await;
+            let closes: Vec<_> = (0..4)
+                .map(|_| {
+                    let s = s.clone();
+                    tokio::spawn(async move { s.close().await })
+                })
+                .collect();
+            for close in closes {
+                close.await.expect("task").expect("close");
+            }
+            s.close().await.expect("close again");
+            drop(s);
+            let s = reopen(&dir, fsync);
+            assert_eq!(
+                get_one(&s, b"k", vid(1, 1)).await.as_deref(),
+                Some(&b"v"[..])
+            );
+        }
+    }
+
+    /// An in-memory disk whose `fsync` fails on demand.
+    #[derive(Debug, Default)]
+    struct FlakyDisk {
+        inner: InMemoryBackend,
+        fail_sync: Arc<AtomicBool>,
+    }
+
+    impl StorageBackend for FlakyDisk {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            self.inner.len()
+        }
+
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            self.inner.read(offset, out)
+        }
+
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.inner.set_len(len)
+        }
+
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            if self.fail_sync.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected fsync failure"));
+            }
+            self.inner.sync_data()
+        }
+
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_group_commit_answers_every_waiter_with_an_error() {
+        let disk = FlakyDisk::default();
+        let fail_sync = disk.fail_sync.clone();
+        let db = Database::builder().create_with_backend(disk).expect("db");
+        let s = Arc::new(
+            EmbeddedStorage::start(db, PathBuf::from("flaky"), EmbeddedOptions::default())
+                .expect("start"),
+        );
+        commit_ok(&*s, batch(vid(1, 1), None, &[(b"k", b"v")])).await;
+
+        fail_sync.store(true, Ordering::SeqCst);
+        let tasks: Vec<_> = (2..18u64)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move { s.commit(batch(vid(i, 0), None, &[(b"k", b"v")])).await })
+            })
+            .collect();
+        let mut unknown = 0;
+        for task in tasks {
+            match task.await.expect("task") {
+                // The group whose commit failed may or may not be durable.
+                Err(StorageError::OutcomeUnknown(_)) => unknown += 1,
+                // Later groups: redb refuses to write after a failed commit.
+                Err(StorageError::Io(_)) => {}
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+        assert!(unknown >= 1);
+        let later = s.commit(batch(vid(30, 0), None, &[])).await;
+        assert!(matches!(later, Err(StorageError::Io(_))), "{later:?}");
+        // Reads still serve what was committed.
+        assert_eq!(
+            get_one(&*s, b"k", vid(1, 1)).await.as_deref(),
+            Some(&b"v"[..])
+        );
+        s.close().await.expect("close");
+    }
+
+    const CRASH_DIR_ENV: &str = "AFT_STORAGE_CRASH_TEST_DIR";
+
+    /// The child process of `killed_process_keeps_acknowledged_commits`: commits from 8 tasks
+    /// until killed, printing `ACK <ts> <txn>` once each commit is acknowledged.
+    #[test]
+    #[ignore = "run as a child process by killed_process_keeps_acknowledged_commits"]
+    fn crash_child() {
+        let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
+            return;
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let storage = Arc::new(
+                EmbeddedStorage::open(Path::new(&dir), EmbeddedOptions::default()).expect("open"),
+            );
+            let (acks, mut acked) = tokio::sync::mpsc::unbounded_channel();
+            for task in 0..8u64 {
+                let storage = storage.clone();
+                let acks = acks.clone();
+                tokio::spawn(async move {
+                    for i in 0.. {
+                        let id = vid(i, (u128::from(task) << 64) | u128::from(i));
+                        let value = format!("{task}:{i}");
+                        let b = batch(id, None, &[(b"k", value.as_bytes())]);
+                        if let Ok(CommitOutcome::Committed) = storage.commit(b).await {
+                            if acks.send(id).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+            while let Some(id) = acked.recv().await {
+                println!("ACK {} {}", id.ts, id.txn.0);
+            }
+        });
+    }
+
+    #[test]
+    fn killed_process_keeps_acknowledged_commits() {
+        const ACKS: usize = 300;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let module = module_path!().split_once("::").map_or("", |(_, path)| path);
+        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                &format!("{module}::crash_child"),
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(CRASH_DIR_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("child stdout");
+        let (lines, received) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+
+        let mut acknowledged = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acknowledged.len() < ACKS {
+            let line = received.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+            let Ok(line) = line else {
+                let _ = child.kill();
+                panic!(
+                    "the child stopped after {} acknowledgements",
+                    acknowledged.len()
+                );
+            };
+            let Some(rest) = line.strip_prefix("ACK ") else {
+                continue;
+            };
+            let (ts, txn) = rest.split_once(' ').expect("ACK line");
+            acknowledged.push(vid(ts.parse().expect("ts"), txn.parse().expect("txn")));
+        }
+        // SIGKILL: no destructor, no flush; only what reached the disk survives.
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+        drop(received);
+        let _ = reader.join();
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let s = reopen(&dir, true);
+            let found: BTreeSet<VersionId> = scan_all(&s).await.iter().map(|r| r.id).collect();
+            assert!(found.len() >= ACKS);
+            for id in &acknowledged {
+                assert!(found.contains(id), "acknowledged {id:?} lost");
+                let task = id.txn.0 >> 64;
+                let value = format!("{task}:{}", id.ts);
+                assert_eq!(
+                    get_one(&s, b"k", *id).await.as_deref(),
+                    Some(value.as_bytes())
+                );
+            }
+            s.close().await.expect("close");
+        });
+    }
+
+    /// Commits per second through the store with fsync on, from 1 task and from 64.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark: cargo test --release -- --ignored --nocapture group_commit_throughput"]
+    async fn group_commit_throughput() {
+        const RUN: Duration = Duration::from_secs(3);
+        for tasks in [1u64, 64] {
+            let (s, _dir) = open_temp(true);
+            let start = Instant::now();
+            let workers: Vec<_> = (0..tasks)
+                .map(|task| {
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        let mut done = 0u64;
+                        while start.elapsed() < RUN {
+                            let id = vid(done, (u128::from(task) << 64) | u128::from(done));
+                            let key = format!("key-{task}-{}", done % 100);
+                            let b =
+                                batch(id, None, &[(key.as_bytes(), &[7u8; 100]), (b"hot", b"v")]);
+                            assert_eq!(plain(s.commit(b).await), Ok(CommitOutcome::Committed));
+                            done += 1;
+                        }
+                        done
+                    })
+                })
+                .collect();
+            let mut commits = 0;
+            for worker in workers {
+                commits += worker.await.expect("worker");
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            let stats = s.stats();
+            println!(
+                "{tasks:>2} task(s): {commits} commits in {elapsed:.2} s = {:.0} commits/s, \
+                 {} fsynced groups ({:.1} commits per group)",
+                commits as f64 / elapsed,
+                stats.groups,
+                stats.requests as f64 / stats.groups.max(1) as f64,
+            );
+            s.close().await.expect("close");
+        }
     }
 }

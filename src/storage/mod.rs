@@ -31,6 +31,10 @@
 //!   a restarted node rebuilds its commit set by paging through it.
 //! * [`Storage::delete`] removes versions and commit records; deleting what does not exist is
 //!   not an error (idempotent).
+//! * Callers never commit two batches with the same [`VersionId`] (ids embed a unique
+//!   transaction id); what a backend does if they did is unspecified.
+//! * [`Storage::close`] is idempotent: once the first close has flushed, later closes return
+//!   `Ok` and every other call fails with [`StorageError::Closed`].
 //!
 //! Keys and values are arbitrary bytes. Backends encode, never split, user keys.
 

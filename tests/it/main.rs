@@ -3,3 +3,4 @@
 //! One test binary (faster to build); each module covers one area.
 
 mod harness;
+mod differential;
