@@ -49,6 +49,8 @@ pub struct Session {
     watches: HashMap<Bytes, WatchState>,
     multi: Option<Multi>,
     closing: bool,
+    /// The connection closes without a reply (SHUTDOWN).
+    silent: bool,
     created: Instant,
 }
 
@@ -69,6 +71,7 @@ impl Session {
             watches: HashMap::new(),
             multi: None,
             closing: false,
+            silent: false,
             created: Instant::now(),
         }
     }
@@ -92,7 +95,9 @@ impl Session {
     pub async fn handle(&mut self, args: Vec<Bytes>, out: &mut BytesMut) {
         self.ctx.commands.fetch_add(1, Ordering::Relaxed);
         let reply = self.dispatch(args).await;
-        reply.encode(self.protocol, out);
+        if !self.silent {
+            reply.encode(self.protocol, out);
+        }
     }
 
     async fn dispatch(&mut self, args: Vec<Bytes>) -> Reply {
@@ -306,6 +311,23 @@ impl Session {
             }
             Id::LastSave => Reply::Integer(self.ctx.started_unix as i64),
             Id::Save => Reply::ok(),
+            Id::Shutdown => {
+                let modes_ok = args[1..].iter().all(|a| {
+                    matches!(
+                        &a.to_ascii_uppercase()[..],
+                        b"NOSAVE" | b"SAVE" | b"NOW" | b"FORCE"
+                    )
+                });
+                if !modes_ok {
+                    return err(SYNTAX);
+                }
+                // Like Redis: no reply, the connection closes, the server stops gracefully
+                // (every acknowledged commit is already durable).
+                self.ctx.request_shutdown();
+                self.closing = true;
+                self.silent = true;
+                Reply::ok()
+            }
             // Data commands never reach here (parse returns Command::Data for them).
             _ => err(SYNTAX),
         }

@@ -70,6 +70,7 @@ pub enum Id {
     Function,
     LastSave,
     Save,
+    Shutdown,
 }
 
 /// One command's static description.
@@ -245,6 +246,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         LastSave
     ),
     spec!("save", 1, A, (0, 0, 0), Save),
+    spec!("shutdown", -1, A, (0, 0, 0), Shutdown),
 ];
 
 /// Finds a command by name, case-insensitively.
