@@ -151,6 +151,7 @@ async fn serve(config: Config) -> Result<(), String> {
         storage,
         EngineConfig {
             cache_bytes: config.cache_mb << 20,
+            ..EngineConfig::default()
         },
     )
     .await

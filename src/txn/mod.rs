@@ -184,10 +184,12 @@ impl Engine {
     /// Starts a transaction. It pins its snapshot at its first read.
     pub fn begin(self: &Arc<Self>) -> Txn {
         Txn {
+            id: self.new_txn_id(),
             engine: self.clone(),
             pin: None,
             now_ms: clock::wall_ms(),
             writes: HashMap::new(),
+            write_bytes: 0,
             reads: HashMap::new(),
             checks: HashMap::new(),
             idempotency_key: None,
@@ -312,10 +314,13 @@ pub struct KeyMeta {
 /// Reads see the transaction's own writes first, then the snapshot (repeatable and
 /// atomic). Writes touch nothing outside the transaction until [`Txn::commit`].
 pub struct Txn {
+    id: TxnId,
     engine: Arc<Engine>,
     pin: Option<u64>,
     now_ms: u64,
     writes: HashMap<Bytes, Option<Entry>>,
+    /// Bytes held by `writes` (keys and values), for limits on open transactions.
+    write_bytes: usize,
     reads: HashMap<Bytes, Read>,
     /// Keys read by read-modify-write commands -> the version read (validated at commit).
     checks: HashMap<Bytes, Option<VersionId>>,
@@ -331,6 +336,22 @@ impl Drop for Txn {
 }
 
 impl Txn {
+    /// The transaction's id (its commit record carries it).
+    pub fn id(&self) -> TxnId {
+        self.id
+    }
+
+    /// Bytes of keys and values buffered by its writes.
+    pub fn write_bytes(&self) -> usize {
+        self.write_bytes
+    }
+
+    /// Moves the transaction's clock to now: an interactive transaction that lives for a
+    /// while evaluates expiry at the time of each command.
+    pub fn touch_clock(&mut self) {
+        self.now_ms = self.now_ms.max(clock::wall_ms());
+    }
+
     /// The time commands of this transaction run at (ms since the epoch).
     pub fn now_ms(&self) -> u64 {
         self.now_ms
@@ -512,12 +533,26 @@ impl Txn {
 
     /// Buffers a write of `key`.
     pub fn put(&mut self, key: Bytes, entry: Entry) {
-        self.writes.insert(key, Some(entry));
+        let key_len = key.len();
+        self.write_bytes += key_len + entry_size(&entry);
+        if let Some(old) = self.writes.insert(key, Some(entry)) {
+            self.release_write(key_len, old);
+        }
     }
 
     /// Buffers a delete of `key`.
     pub fn delete(&mut self, key: Bytes) {
-        self.writes.insert(key, None);
+        let key_len = key.len();
+        self.write_bytes += key_len;
+        if let Some(old) = self.writes.insert(key, None) {
+            self.release_write(key_len, old);
+        }
+    }
+
+    /// Accounts for a buffered write replaced by a newer one of the same key.
+    fn release_write(&mut self, key_len: usize, old: Option<Entry>) {
+        let size = key_len + old.as_ref().map_or(0, entry_size);
+        self.write_bytes = self.write_bytes.saturating_sub(size);
     }
 
     /// Every key live in this transaction's view (snapshot plus own writes), unordered.
@@ -585,7 +620,7 @@ impl Txn {
             }
             let id = VersionId {
                 ts: engine.clock.tick(),
-                txn: engine.new_txn_id(),
+                txn: self.id,
             };
             let keys: Vec<Bytes> = writes.keys().cloned().collect();
             for key in &keys {
@@ -654,6 +689,12 @@ impl Txn {
         });
         task.await
             .map_err(|e| TxnError::Internal(format!("commit task failed: {e}")))?
+    }
+}
+
+fn entry_size(entry: &Entry) -> usize {
+    match &entry.value {
+        Value::Str(b) => b.len(),
     }
 }
 

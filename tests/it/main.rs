@@ -4,3 +4,5 @@
 
 mod harness;
 mod differential;
+mod wire;
+mod core_props;
