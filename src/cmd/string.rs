@@ -196,7 +196,7 @@ impl StringCmd {
             },
             Id::MSet | Id::MSetNx => {
                 let rest: Vec<Bytes> = it.by_ref().collect();
-                if rest.len() % 2 != 0 {
+                if !rest.len().is_multiple_of(2) {
                     return Err(err(format!(
                         "ERR wrong number of arguments for '{}' command",
                         spec.name

@@ -160,7 +160,7 @@ impl Context {
                 Reply::Map(out)
             }
             b"SET" => {
-                if args.len() < 4 || args.len() % 2 != 0 {
+                if args.len() < 4 || !args.len().is_multiple_of(2) {
                     return err("ERR wrong number of arguments for 'config|set' command");
                 }
                 err(format!(

@@ -42,7 +42,7 @@ pub struct Context {
     /// When the server started, in seconds since the epoch.
     pub started_unix: u64,
     /// Set by SHUTDOWN: the server stops as on SIGTERM.
-    shutdown: watch::Sender<bool>,
+    shutdown: tokio::sync::Notify,
 }
 
 impl Context {
@@ -59,13 +59,14 @@ impl Context {
             rejected: AtomicU64::new(0),
             started: Instant::now(),
             started_unix: crate::txn::clock::wall_ms() / 1000,
-            shutdown: watch::channel(false).0,
+            shutdown: tokio::sync::Notify::new(),
         })
     }
 
     /// Asks the server to shut down gracefully (the SHUTDOWN command).
     pub fn request_shutdown(&self) {
-        self.shutdown.send_replace(true);
+        // A stored permit: `run` sees it even if it is not waiting right now.
+        self.shutdown.notify_one();
     }
 }
 
@@ -76,12 +77,11 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Future
     let (stop_tx, stop_rx) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(ctx.config.max_clients));
     let mut connections = JoinSet::new();
-    let mut requested = ctx.shutdown.subscribe();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = requested.wait_for(|stop| *stop) => break,
+            _ = ctx.shutdown.notified() => break,
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(pair) => pair,

@@ -53,12 +53,23 @@ pub enum TxnError {
 pub struct EngineConfig {
     /// Bytes of values the version cache may hold.
     pub cache_bytes: usize,
+    /// How often garbage collection runs.
+    pub gc_interval: Duration,
+    /// How long a commit record that holds an idempotency key is kept after its versions
+    /// are superseded: the window in which a retry with the same key is recognised.
+    pub idempotency_retention: Duration,
+    /// How long any other commit record is kept after its versions are superseded, so that
+    /// AFT.STATUS can still report the transaction as committed.
+    pub status_retention: Duration,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             cache_bytes: 256 << 20,
+            gc_interval: Duration::from_secs(1),
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            status_retention: Duration::from_secs(600),
         }
     }
 }
