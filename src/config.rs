@@ -33,6 +33,22 @@ pub struct Config {
     pub max_clients: usize,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
     pub log: String,
+    /// Idle time, in ms, after which an open interactive transaction is aborted, unless
+    /// AFT.BEGIN gives a TIMEOUT.
+    pub txn_timeout_ms: u64,
+    /// The longest TIMEOUT AFT.BEGIN may ask for, in ms.
+    pub max_txn_timeout_ms: u64,
+    /// Most interactive transactions open at once.
+    pub max_open_txns: usize,
+    /// Most bytes of writes one interactive transaction may buffer.
+    pub max_txn_bytes: usize,
+    /// Most bytes of writes all open interactive transactions may buffer together.
+    pub max_open_txn_bytes: usize,
+    /// How long a retry is recognised by its idempotency key, in seconds (at least a day by
+    /// default; DynamoDB's own client tokens last 10 minutes).
+    pub idempotency_retention_secs: u64,
+    /// How often garbage collection runs, in ms.
+    pub gc_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -49,6 +65,13 @@ impl Default for Config {
             max_inline_len: 64 * 1024,
             max_clients: 10_000,
             log: "info".into(),
+            txn_timeout_ms: 30_000,
+            max_txn_timeout_ms: 3_600_000,
+            max_open_txns: 10_000,
+            max_txn_bytes: 64 << 20,
+            max_open_txn_bytes: 1 << 30,
+            idempotency_retention_secs: 86_400,
+            gc_interval_ms: 1_000,
         }
     }
 }
@@ -109,6 +132,11 @@ impl Config {
         if self.max_bulk_len == 0 || self.max_multibulk_len == 0 || self.max_inline_len == 0 {
             return Err(ConfigError::Invalid(
                 "request size limits must be positive".into(),
+            ));
+        }
+        if self.txn_timeout_ms == 0 || self.gc_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "txn_timeout_ms and gc_interval_ms must be positive".into(),
             ));
         }
         match self.backend.as_str() {

@@ -21,6 +21,7 @@ use crate::cmd::{self, Command, DataCmd, ParseError};
 use crate::reply::{Protocol, Reply};
 use crate::server::Context;
 use crate::storage::StorageError;
+use crate::txn::open::{OpenTxn, Status};
 use crate::txn::{TxnError, WatchState};
 
 /// The version reported to clients (HELLO, INFO): the Redis version whose behaviour aft
@@ -48,6 +49,8 @@ pub struct Session {
     authenticated: bool,
     watches: HashMap<Bytes, WatchState>,
     multi: Option<Multi>,
+    /// The interactive transaction this connection is attached to.
+    interactive: Option<Arc<OpenTxn>>,
     closing: bool,
     /// The connection closes without a reply (SHUTDOWN).
     silent: bool,
@@ -70,6 +73,7 @@ impl Session {
             authenticated,
             watches: HashMap::new(),
             multi: None,
+            interactive: None,
             closing: false,
             silent: false,
             created: Instant::now(),
@@ -127,6 +131,12 @@ impl Session {
                 }
                 Id::Multi => return err("ERR MULTI calls can not be nested"),
                 Id::Watch => return err("ERR WATCH inside MULTI is not allowed"),
+                Id::AftBegin | Id::AftCommit | Id::AftAbort | Id::AftAttach | Id::AftDetach => {
+                    return err(format!(
+                        "ERR {} inside MULTI is not allowed",
+                        spec.name.to_ascii_uppercase()
+                    ))
+                }
                 Id::Quit | Id::Reset => {}
                 _ => {
                     return match cmd::parse(args) {
@@ -139,6 +149,24 @@ impl Session {
                         Err(e) => self.queue_error(e),
                     };
                 }
+            }
+        }
+        if let Some(open) = self.interactive.clone() {
+            match spec.id {
+                Id::Multi => {
+                    return err("ERR MULTI inside an AFT transaction is not allowed; AFT.COMMIT or AFT.ABORT it first")
+                }
+                Id::Watch => return err("ERR WATCH inside an AFT transaction is not allowed"),
+                Id::AftBegin | Id::AftAttach => {
+                    return err(format!(
+                        "ERR already in transaction {}; AFT.COMMIT, AFT.ABORT or AFT.DETACH it first",
+                        open.id()
+                    ))
+                }
+                _ => {}
+            }
+            if let Ok(Command::Data(c)) = cmd::parse(args.clone()) {
+                return self.interactive_data(&open, &c).await;
             }
         }
         match cmd::parse(args) {
@@ -187,6 +215,81 @@ impl Session {
         }
     }
 
+    /// Runs a data command inside the attached interactive transaction: reads return at
+    /// once, writes are buffered until AFT.COMMIT.
+    async fn interactive_data(&mut self, open: &Arc<OpenTxn>, command: &DataCmd) -> Reply {
+        let registry = self.ctx.open_txns.clone();
+        let mut slot = open.lock().await;
+        let Some(txn) = slot.txn.as_mut() else {
+            let word = slot.ended.unwrap_or(Status::Unknown).word();
+            self.interactive = None;
+            return err(format!("ERR transaction {} is no longer running ({word})", open.id()));
+        };
+        open.touch();
+        txn.touch_clock();
+        let result = async {
+            if !command.value_keys().is_empty() {
+                txn.prefetch(command.value_keys()).await?;
+            }
+            command.apply(txn).await
+        }
+        .await;
+        match result {
+            Ok(reply) => match registry.account(open, &mut slot) {
+                Ok(()) => reply,
+                Err(e) => {
+                    self.interactive = None;
+                    err(e.to_string())
+                }
+            },
+            Err(e) => txn_error_reply(&e),
+        }
+    }
+
+    /// AFT.BEGIN [IDEMPOTENCY-KEY key] [TIMEOUT ms]
+    async fn aft_begin(&mut self, args: &[Bytes]) -> Reply {
+        let (mut key, mut timeout) = (None, None);
+        let mut i = 1;
+        while i < args.len() {
+            let Some(value) = args.get(i + 1) else {
+                return err(SYNTAX);
+            };
+            match &args[i].to_ascii_uppercase()[..] {
+                b"IDEMPOTENCY-KEY" if key.is_none() => key = Some(value.clone()),
+                b"TIMEOUT" if timeout.is_none() => match parse_i64(value) {
+                    Some(ms) if ms > 0 => timeout = Some(Duration::from_millis(ms as u64)),
+                    _ => return err("ERR timeout is not a positive integer (milliseconds)"),
+                },
+                _ => return err(SYNTAX),
+            }
+            i += 2;
+        }
+        match self.ctx.open_txns.begin(key, timeout).await {
+            Ok(open) => {
+                let id = open.id();
+                self.interactive = Some(open);
+                Reply::Bulk(Bytes::from(id.to_string()))
+            }
+            Err(e) => err(e.to_string()),
+        }
+    }
+
+    /// AFT.COMMIT: the session leaves the transaction whatever the outcome.
+    async fn aft_commit(&mut self) -> Reply {
+        let Some(open) = self.interactive.take() else {
+            return err("ERR AFT.COMMIT without AFT.BEGIN");
+        };
+        let mut slot = open.lock().await;
+        if slot.txn.is_none() {
+            let word = slot.ended.unwrap_or(Status::Unknown).word();
+            return err(format!("ERR transaction {} is no longer running ({word})", open.id()));
+        }
+        match self.ctx.open_txns.commit(&open, &mut slot).await {
+            Ok(_) => Reply::ok(),
+            Err(e) => txn_error_reply(&e),
+        }
+    }
+
     async fn exec(&mut self) -> Reply {
         let Some(multi) = self.multi.take() else {
             return err("ERR EXEC without MULTI");
@@ -227,6 +330,10 @@ impl Session {
             replies.push(match command {
                 Command::Data(c) => c.apply(&mut txn).await?,
                 Command::Server(Id::Unwatch, _) => Reply::ok(),
+                Command::Server(Id::AftIdempotent, args) => {
+                    txn.set_idempotency_key(args[1].clone());
+                    Reply::ok()
+                }
                 Command::Server(id, args) => self.server(*id, args).await,
                 Command::Invalid(reply) => reply.clone(),
             });
@@ -279,6 +386,8 @@ impl Session {
                 Reply::ok()
             }
             Id::Reset => {
+                // An interactive transaction stays open for others: RESET only detaches.
+                self.interactive = None;
                 self.multi = None;
                 self.watches.clear();
                 self.protocol = Protocol::Resp2;
@@ -309,6 +418,35 @@ impl Session {
                     _ => unknown_subcommand(args),
                 }
             }
+            Id::AftBegin => self.aft_begin(args).await,
+            Id::AftCommit => self.aft_commit().await,
+            Id::AftAbort => match self.interactive.take() {
+                Some(open) => {
+                    let mut slot = open.lock().await;
+                    self.ctx.open_txns.abort(&open, &mut slot);
+                    Reply::ok()
+                }
+                None => err("ERR AFT.ABORT without AFT.BEGIN"),
+            },
+            Id::AftAttach => match self.ctx.open_txns.attach(&args[1]) {
+                Ok(open) => {
+                    self.interactive = Some(open);
+                    Reply::ok()
+                }
+                Err(e) => err(e.to_string()),
+            },
+            Id::AftDetach => match self.interactive.take() {
+                Some(open) => {
+                    open.touch();
+                    Reply::ok()
+                }
+                None => err("ERR AFT.DETACH without a transaction"),
+            },
+            Id::AftStatus => match self.ctx.open_txns.status(&args[1]).await {
+                Ok(status) => Reply::Bulk(Bytes::from_static(status.word().as_bytes())),
+                Err(e) => err(format!("ERR {e}")),
+            },
+            Id::AftIdempotent => err("ERR AFT.IDEMPOTENT is only valid inside MULTI"),
             Id::LastSave => Reply::Integer(self.ctx.started_unix as i64),
             Id::Save => Reply::ok(),
             Id::Shutdown => {
@@ -567,13 +705,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The error reply for a transaction that could not complete.
 pub fn txn_error_reply(e: &TxnError) -> Reply {
     match e {
-        TxnError::Conflict => {
-            err("ERR transaction conflict: the keys it read kept changing, nothing was committed")
-        }
+        TxnError::Conflict => err(
+            "CONFLICT transaction aborted: a key it read was changed by a concurrent commit; nothing was applied, retry it",
+        ),
         TxnError::WatchFailed => Reply::NilArray,
-        TxnError::Duplicate(_) => {
-            err("ERR a transaction with this idempotency key already committed")
-        }
+        TxnError::Duplicate(existing) => err(format!(
+            "COMMITTED {} a transaction with this idempotency key already committed; nothing was applied",
+            existing.txn
+        )),
         TxnError::Storage(StorageError::OutcomeUnknown(m)) => err(format!(
             "ERR commit outcome unknown (backend failed after the commit was sent): {m}"
         )),

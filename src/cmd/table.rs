@@ -71,6 +71,14 @@ pub enum Id {
     LastSave,
     Save,
     Shutdown,
+    // interactive transactions
+    AftBegin,
+    AftCommit,
+    AftAbort,
+    AftAttach,
+    AftDetach,
+    AftStatus,
+    AftIdempotent,
 }
 
 /// One command's static description.
@@ -247,13 +255,20 @@ pub static COMMANDS: &[CommandSpec] = &[
     ),
     spec!("save", 1, A, (0, 0, 0), Save),
     spec!("shutdown", -1, A, (0, 0, 0), Shutdown),
+    spec!("aft.begin", -1, &["noscript", "fast"], (0, 0, 0), AftBegin),
+    spec!("aft.commit", 1, &["noscript"], (0, 0, 0), AftCommit),
+    spec!("aft.abort", 1, &["noscript", "fast"], (0, 0, 0), AftAbort),
+    spec!("aft.attach", 2, &["noscript", "fast"], (0, 0, 0), AftAttach),
+    spec!("aft.detach", 1, &["noscript", "fast"], (0, 0, 0), AftDetach),
+    spec!("aft.status", 2, &["noscript"], (0, 0, 0), AftStatus),
+    spec!("aft.idempotent", 2, &["noscript", "fast"], (0, 0, 0), AftIdempotent),
 ];
 
 /// Finds a command by name, case-insensitively.
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
     static BY_NAME: OnceLock<HashMap<&'static [u8], &'static CommandSpec>> = OnceLock::new();
     let map = BY_NAME.get_or_init(|| COMMANDS.iter().map(|c| (c.name.as_bytes(), c)).collect());
-    let mut buf = [0u8; 16];
+    let mut buf = [0u8; 32];
     let lower = buf.get_mut(..name.len())?;
     lower.copy_from_slice(name);
     lower.make_ascii_lowercase();
@@ -278,7 +293,7 @@ mod tests {
         let mut names: Vec<_> = COMMANDS.iter().map(|c| c.name).collect();
         assert!(names
             .iter()
-            .all(|n| n.chars().all(|c| c.is_ascii_lowercase())));
+            .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '.')));
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), COMMANDS.len());

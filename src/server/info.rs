@@ -21,6 +21,7 @@ const SECTIONS: &[&str] = &[
     "memory",
     "persistence",
     "stats",
+    "transactions",
     "replication",
     "keyspace",
 ];
@@ -99,6 +100,21 @@ impl Context {
                 get(&stats.storage_reads),
                 get(&stats.cache_hits),
             ),
+            "transactions" => {
+                let open = &self.open_txns;
+                let (count, bytes) = open.gauges();
+                let st = open.stats();
+                write!(
+                    out,
+                    "# Transactions\r\naft_open_txns:{count}\r\naft_open_txn_bytes:{bytes}\r\naft_txns_begun:{}\r\naft_txns_committed:{}\r\naft_txns_aborted:{}\r\naft_txns_timed_out:{}\r\naft_txns_over_limit:{}\r\naft_idempotent_duplicates:{}\r\n",
+                    get(&st.begun),
+                    get(&st.committed),
+                    get(&st.aborted),
+                    get(&st.timed_out),
+                    get(&st.over_limit),
+                    get(&st.duplicates),
+                )
+            }
             "replication" => write!(out, "# Replication\r\nrole:master\r\nconnected_slaves:0\r\n"),
             "keyspace" => {
                 let (keys, expires) = engine.key_counts();

@@ -17,12 +17,15 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::txn::open::{OpenLimits, OpenTxns};
 use crate::txn::Engine;
 
 /// State shared by every connection of a server.
 pub struct Context {
     /// The transaction engine.
     pub engine: Arc<Engine>,
+    /// Open interactive transactions.
+    pub open_txns: Arc<OpenTxns>,
     /// The configuration the server runs with.
     pub config: Arc<Config>,
     /// The address the server listens on.
@@ -46,9 +49,18 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context for a server listening on `listen_addr`.
+    /// A context for a server listening on `listen_addr`. Starts the reaper of idle
+    /// interactive transactions (needs a tokio runtime).
     pub fn new(engine: Arc<Engine>, config: Arc<Config>, listen_addr: String) -> Arc<Context> {
+        let limits = OpenLimits {
+            default_timeout: Duration::from_millis(config.txn_timeout_ms),
+            max_timeout: Duration::from_millis(config.max_txn_timeout_ms.max(config.txn_timeout_ms)),
+            max_open: config.max_open_txns,
+            max_txn_bytes: config.max_txn_bytes,
+            max_total_bytes: config.max_open_txn_bytes,
+        };
         Arc::new(Context {
+            open_txns: OpenTxns::start(engine.clone(), limits),
             engine,
             config,
             listen_addr,

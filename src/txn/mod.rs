@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod index;
+pub mod open;
 pub mod record;
 
 use std::collections::{BTreeMap, HashMap};
