@@ -152,7 +152,9 @@ async fn serve(config: Config) -> Result<(), String> {
         EngineConfig {
             cache_bytes: config.cache_mb << 20,
             gc_interval: std::time::Duration::from_millis(config.gc_interval_ms),
-            idempotency_retention: std::time::Duration::from_secs(config.idempotency_retention_secs),
+            idempotency_retention: std::time::Duration::from_secs(
+                config.idempotency_retention_secs,
+            ),
             ..EngineConfig::default()
         },
     )

@@ -43,6 +43,9 @@ pub enum Reply {
     ///
     /// CR and LF are replaced with spaces when encoding, as Redis does.
     Error(Cow<'static, str>),
+    /// An error whose message holds raw bytes a client sent (which may not be UTF-8), as in
+    /// Redis's unknown-command reply. Encoded like [`Reply::Error`].
+    ErrorBytes(Bytes),
     /// An integer: `:<n>\r\n`.
     Integer(i64),
     /// A binary-safe bulk string: `$<len>\r\n<data>\r\n`.
@@ -98,7 +101,7 @@ impl Reply {
     #[inline]
     #[must_use]
     pub fn is_error(&self) -> bool {
-        matches!(self, Reply::Error(_))
+        matches!(self, Reply::Error(_) | Reply::ErrorBytes(_))
     }
 
     /// Appends the encoding of this reply for `proto` to `out`.
@@ -120,6 +123,7 @@ impl Reply {
             Reply::Status(s) => line_len(s.len()),
             Reply::StatusOwned(s) => line_len(s.len()),
             Reply::Error(msg) => line_len(msg.len()),
+            Reply::ErrorBytes(msg) => line_len(msg.len()),
             Reply::Integer(n) => line_len(i64_len(*n)),
             Reply::Bulk(data) => bulk_len(data.len()),
             Reply::Nil | Reply::NilArray => match proto {
@@ -160,6 +164,7 @@ impl Reply {
             Reply::Status(s) => write_line(out, b'+', s.as_bytes()),
             Reply::StatusOwned(s) => write_line(out, b'+', s),
             Reply::Error(msg) => write_line(out, b'-', msg.as_bytes()),
+            Reply::ErrorBytes(msg) => write_line(out, b'-', msg),
             Reply::Integer(n) => {
                 out.put_u8(b':');
                 out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());

@@ -223,7 +223,10 @@ impl Session {
         let Some(txn) = slot.txn.as_mut() else {
             let word = slot.ended.unwrap_or(Status::Unknown).word();
             self.interactive = None;
-            return err(format!("ERR transaction {} is no longer running ({word})", open.id()));
+            return err(format!(
+                "ERR transaction {} is no longer running ({word})",
+                open.id()
+            ));
         };
         open.touch();
         txn.touch_clock();
@@ -282,7 +285,10 @@ impl Session {
         let mut slot = open.lock().await;
         if slot.txn.is_none() {
             let word = slot.ended.unwrap_or(Status::Unknown).word();
-            return err(format!("ERR transaction {} is no longer running ({word})", open.id()));
+            return err(format!(
+                "ERR transaction {} is no longer running ({word})",
+                open.id()
+            ));
         }
         match self.ctx.open_txns.commit(&open, &mut slot).await {
             Ok(_) => Reply::ok(),
@@ -537,7 +543,7 @@ impl Session {
             self.authenticated = true;
         }
         if !self.authenticated {
-            return err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+            return err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
         }
         if let Some(name) = name {
             if !valid_name(&name) {

@@ -274,7 +274,11 @@ impl KeyCmd {
                 None => Reply::Integer(-2),
                 Some(m) => match m.expire_at {
                     None => Reply::Integer(-1),
-                    Some(at) => Reply::Integer(if *ms { at as i64 } else { ((at + 500) / 1000) as i64 }),
+                    Some(at) => Reply::Integer(if *ms {
+                        at as i64
+                    } else {
+                        ((at + 500) / 1000) as i64
+                    }),
                 },
             },
             KeyCmd::Persist { keys: [key] } => {

@@ -24,8 +24,8 @@ pub use table::{lookup, CommandSpec, COMMANDS};
 /// A queue-time error: the command cannot be run at all.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParseError {
-    /// No such command.
-    Unknown(String),
+    /// No such command (the whole error message, raw bytes as Redis sends them).
+    Unknown(Bytes),
     /// Wrong number of arguments.
     Arity(&'static str),
 }
@@ -34,7 +34,7 @@ impl ParseError {
     /// The exact Redis error reply.
     pub fn reply(&self) -> Reply {
         match self {
-            ParseError::Unknown(msg) => Reply::error(msg.clone()),
+            ParseError::Unknown(msg) => Reply::ErrorBytes(msg.clone()),
             ParseError::Arity(name) => Reply::error(format!(
                 "ERR wrong number of arguments for '{name}' command"
             )),
@@ -84,7 +84,9 @@ impl DataCmd {
 /// Parses a request (`args[0]` is the command name).
 pub fn parse(args: Vec<Bytes>) -> Result<Command, ParseError> {
     let Some(name) = args.first() else {
-        return Err(ParseError::Unknown("ERR empty command".into()));
+        return Err(ParseError::Unknown(Bytes::from_static(
+            b"ERR empty command",
+        )));
     };
     let Some(spec) = lookup(name) else {
         return Err(ParseError::Unknown(unknown_command_message(&args)));
@@ -139,25 +141,34 @@ pub fn parse(args: Vec<Bytes>) -> Result<Command, ParseError> {
     })
 }
 
-/// Redis's reply to an unknown command, byte for byte.
-pub fn unknown_command_message(args: &[Bytes]) -> String {
-    let name = args.first().map(|n| truncate(n, 128)).unwrap_or_default();
-    let mut list = String::new();
+/// Redis's reply to an unknown command, byte for byte (the client's bytes are echoed raw;
+/// like Redis's `%s`, each stops at a NUL byte).
+pub fn unknown_command_message(args: &[Bytes]) -> Bytes {
+    let mut list = Vec::new();
     for arg in args.iter().skip(1) {
         if list.len() >= 128 {
             break;
         }
         let room = 128 - list.len();
-        list.push('\'');
-        list.push_str(&truncate(arg, room));
-        list.push_str("' ");
+        list.push(b'\'');
+        list.extend_from_slice(truncate(arg, room));
+        list.extend_from_slice(b"' ");
     }
-    format!("ERR unknown command '{name}', with args beginning with: {list}")
+    let name = args.first().map(|n| truncate(n, 128)).unwrap_or_default();
+    let mut msg = b"ERR unknown command '".to_vec();
+    msg.extend_from_slice(name);
+    msg.extend_from_slice(b"', with args beginning with: ");
+    msg.extend_from_slice(&list);
+    Bytes::from(msg)
 }
 
-/// At most `max` bytes of `b` as (lossy) text.
-fn truncate(b: &[u8], max: usize) -> String {
-    String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned()
+/// At most `max` bytes of `b`, up to its first NUL.
+fn truncate(b: &[u8], max: usize) -> &[u8] {
+    let b = &b[..b.len().min(max)];
+    match b.iter().position(|&c| c == 0) {
+        Some(nul) => &b[..nul],
+        None => b,
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +191,11 @@ mod tests {
         assert_eq!(
             unknown_command_message(&args(&["foo"])),
             "ERR unknown command 'foo', with args beginning with: "
+        );
+        let raw = [Bytes::from_static(b"FOO"), Bytes::from_static(b"\xff\xfe")];
+        assert_eq!(
+            &unknown_command_message(&raw)[..],
+            b"ERR unknown command 'FOO', with args beginning with: '\xff\xfe' "
         );
     }
 

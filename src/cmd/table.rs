@@ -261,7 +261,13 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec!("aft.attach", 2, &["noscript", "fast"], (0, 0, 0), AftAttach),
     spec!("aft.detach", 1, &["noscript", "fast"], (0, 0, 0), AftDetach),
     spec!("aft.status", 2, &["noscript"], (0, 0, 0), AftStatus),
-    spec!("aft.idempotent", 2, &["noscript", "fast"], (0, 0, 0), AftIdempotent),
+    spec!(
+        "aft.idempotent",
+        2,
+        &["noscript", "fast"],
+        (0, 0, 0),
+        AftIdempotent
+    ),
 ];
 
 /// Finds a command by name, case-insensitively.

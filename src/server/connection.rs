@@ -98,7 +98,8 @@ async fn serve_inner(
         // Reserve once for a large bulk string being received, bounded by the limits.
         let want = parser
             .needed()
-            .clamp(4096, limits.max_bulk_len.saturating_add(2));
+            .min(limits.max_bulk_len.saturating_add(2))
+            .max(4096);
         input.reserve(want);
         tokio::select! {
             read = stream.read_buf(&mut input) => {

@@ -54,7 +54,9 @@ impl Context {
     pub fn new(engine: Arc<Engine>, config: Arc<Config>, listen_addr: String) -> Arc<Context> {
         let limits = OpenLimits {
             default_timeout: Duration::from_millis(config.txn_timeout_ms),
-            max_timeout: Duration::from_millis(config.max_txn_timeout_ms.max(config.txn_timeout_ms)),
+            max_timeout: Duration::from_millis(
+                config.max_txn_timeout_ms.max(config.txn_timeout_ms),
+            ),
             max_open: config.max_open_txns,
             max_txn_bytes: config.max_txn_bytes,
             max_total_bytes: config.max_open_txn_bytes,

@@ -5,8 +5,23 @@
 //! A reader pinned at sequence `p` sees, for each key, the greatest version whose sequence is
 //! `<= p`. Versions carry an optional cached value: versions are immutable, so the cache
 //! never needs invalidation, only a byte budget.
+//!
+//! # Leaving the index
+//!
+//! A version leaves the index in two ways, and each time it is handed back to the caller as
+//! a [`Dropped`] version so that garbage collection can delete what storage holds for it:
+//!
+//! * **superseded**: given the lowest pin any running or future reader can have (`min_pin`),
+//!   every version older than the greatest one at or below `min_pin` is invisible to all of
+//!   them ([`Index::insert`] and [`Index::sweep_shard`]);
+//! * **dead key**: a key whose only version is dead (a tombstone, or expired for every running
+//!   transaction) and visible to every reader is removed entirely ([`Index::sweep_shard`]),
+//!   when the caller confirms that nothing in storage could bring an older version back.
+//!
+//! Each shard remembers which of its keys may need such work (several versions, or a sole
+//! version that is a tombstone or expires), so that a sweep does not visit every key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -40,7 +55,43 @@ impl VersionMeta {
     }
 }
 
-type Shard = HashMap<Bytes, Vec<VersionMeta>>;
+/// A version that left the index: no reader, running or future, can see it any more.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dropped {
+    /// The user key.
+    pub key: Bytes,
+    /// The version.
+    pub id: VersionId,
+    /// What it was (a tombstone stores no value).
+    pub kind: Kind,
+}
+
+/// What [`Index::sweep_shard`] did.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// Versions that left the index, superseded ones and those of removed keys.
+    pub dropped: Vec<Dropped>,
+    /// Keys removed entirely (their sole version was dead).
+    pub removed_keys: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Every key with its versions, oldest first.
+    keys: HashMap<Bytes, Vec<VersionMeta>>,
+    /// Keys a sweep must visit: those for which [`needs_sweep`] held when last touched.
+    candidates: HashSet<Bytes>,
+}
+
+/// Whether a key with these versions may have work for a sweep: an old version to drop, or
+/// a sole version that may become dead (a tombstone, or one that expires).
+fn needs_sweep(versions: &[VersionMeta]) -> bool {
+    match versions {
+        [] => false,
+        [only] => only.kind == Kind::Tombstone || only.expire_at != 0,
+        _ => true,
+    }
+}
 
 /// Sharded map from user key to its versions, oldest first.
 pub struct Index {
@@ -54,7 +105,7 @@ impl Index {
     /// An empty index whose value cache holds at most `cache_budget` bytes.
     pub fn new(cache_budget: usize) -> Self {
         Index {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             hasher: Default::default(),
             cached_bytes: AtomicUsize::new(0),
             cache_budget,
@@ -68,49 +119,69 @@ impl Index {
     /// The version of `key` visible to a reader pinned at `pin`.
     pub fn visible(&self, key: &[u8], pin: u64) -> Option<VersionMeta> {
         let shard = self.shard(key).read();
-        let versions = shard.get(key)?;
+        let versions = shard.keys.get(key)?;
         visible_in(versions, pin).cloned()
     }
 
     /// The greatest committed version of `key` known, whatever its sequence.
     pub fn latest(&self, key: &[u8]) -> Option<VersionId> {
         let shard = self.shard(key).read();
-        shard.get(key).and_then(|v| v.last()).map(|v| v.id)
+        shard.keys.get(key).and_then(|v| v.last()).map(|v| v.id)
     }
 
     /// The greatest committed version of `key` with its expiry and liveness at `now_ms`.
     pub fn latest_meta(&self, key: &[u8]) -> Option<VersionMeta> {
         let shard = self.shard(key).read();
-        shard.get(key).and_then(|v| v.last()).map(|v| VersionMeta {
-            value: None,
-            ..v.clone()
-        })
+        shard
+            .keys
+            .get(key)
+            .and_then(|v| v.last())
+            .map(|v| VersionMeta {
+                value: None,
+                ..v.clone()
+            })
     }
 
     /// Adds a committed version. Versions that no reader pinned at `min_pin` or later can
-    /// read any more are dropped (the greatest one at or below `min_pin` is kept).
-    pub fn insert(&self, key: Bytes, mut meta: VersionMeta, min_pin: u64) {
+    /// read any more are dropped (the greatest one at or below `min_pin` is kept) and
+    /// returned: they are garbage.
+    ///
+    /// `min_pin` must be at most the pin of every running reader and of every reader that
+    /// can still start (no reader pins below it from now on).
+    pub fn insert(&self, key: Bytes, mut meta: VersionMeta, min_pin: u64) -> Vec<Dropped> {
         if let Some(v) = &meta.value {
             if !self.reserve_cache(v.len()) {
                 meta.value = None;
             }
         }
-        let mut shard = self.shard(&key).write();
-        let versions = shard.entry(key).or_default();
+        let mut dropped = Vec::new();
+        let mut guard = self.shard(&key).write();
+        let shard = &mut *guard;
+        let versions = shard.keys.entry(key.clone()).or_default();
         let at = versions.partition_point(|v| v.id < meta.id);
         if versions.get(at).is_some_and(|v| v.id == meta.id) {
             // Already known (e.g. learned twice): keep the first.
             if let Some(v) = &meta.value {
                 self.release_cache(v.len());
             }
-            return;
+            return dropped;
         }
         versions.insert(at, meta);
-        self.prune(versions, min_pin);
+        self.prune(&key, versions, min_pin, &mut dropped);
+        if needs_sweep(versions) {
+            shard.candidates.insert(key);
+        }
+        dropped
     }
 
-    /// Drops versions invisible to every reader pinned at `min_pin` or later.
-    fn prune(&self, versions: &mut Vec<VersionMeta>, min_pin: u64) {
+    /// Drops versions invisible to every reader pinned at `min_pin` or later into `dropped`.
+    fn prune(
+        &self,
+        key: &Bytes,
+        versions: &mut Vec<VersionMeta>,
+        min_pin: u64,
+        dropped: &mut Vec<Dropped>,
+    ) {
         if versions.len() < 2 {
             return;
         }
@@ -126,12 +197,71 @@ impl Index {
             i += 1;
             if drop {
                 released += v.value.as_ref().map_or(0, |b| b.len());
+                dropped.push(Dropped {
+                    key: key.clone(),
+                    id: v.id,
+                    kind: v.kind,
+                });
             }
             !drop
         });
         if released > 0 {
             self.release_cache(released);
         }
+    }
+
+    /// Number of shards, for [`Index::sweep_shard`].
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Collects the garbage of shard `shard` (under its lock, which is held for this call
+    /// only): drops superseded versions as [`Index::insert`] does, and removes every key
+    /// whose only version is dead at `min_now` (a tombstone, or expired at or before it)
+    /// and visible at `min_pin`, provided `removable(key)` agrees.
+    ///
+    /// `min_now` must be at most the clock of every running transaction, so that none of
+    /// them still considers a removed key live. `removable` is called with the shard lock
+    /// held: it must not touch the index.
+    pub fn sweep_shard(
+        &self,
+        shard: usize,
+        min_pin: u64,
+        min_now: u64,
+        removable: &mut dyn FnMut(&Bytes) -> bool,
+    ) -> Sweep {
+        let mut sweep = Sweep::default();
+        let mut released = 0;
+        let mut guard = self.shards[shard].write();
+        let Shard { keys, candidates } = &mut *guard;
+        candidates.retain(|key| {
+            let Some(versions) = keys.get_mut(key) else {
+                return false;
+            };
+            self.prune(key, versions, min_pin, &mut sweep.dropped);
+            let dead = match versions.as_slice() {
+                [only] => only.seq <= min_pin && !only.is_live(min_now),
+                _ => false,
+            };
+            if dead && removable(key) {
+                if let Some(only) = keys.remove(key).and_then(|mut v| v.pop()) {
+                    released += only.value.as_ref().map_or(0, |b| b.len());
+                    sweep.dropped.push(Dropped {
+                        key: key.clone(),
+                        id: only.id,
+                        kind: only.kind,
+                    });
+                    sweep.removed_keys += 1;
+                }
+                return false;
+            }
+            needs_sweep(versions)
+        });
+        drop(guard);
+        if released > 0 {
+            self.release_cache(released);
+        }
+        sweep
     }
 
     /// Caches the value of a version read from storage, if the budget allows.
@@ -141,6 +271,7 @@ impl Index {
         }
         let mut shard = self.shard(key).write();
         if let Some(v) = shard
+            .keys
             .get_mut(key)
             .and_then(|vs| vs.iter_mut().find(|v| v.id == id))
         {
@@ -185,7 +316,7 @@ impl Index {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.read();
-            for (key, versions) in shard.iter() {
+            for (key, versions) in shard.keys.iter() {
                 if let Some(v) = visible_in(versions, pin).filter(|v| v.is_live(now_ms)) {
                     out.push((
                         key.clone(),
@@ -204,7 +335,7 @@ impl Index {
     pub fn count_live(&self, pin: u64, now_ms: u64) -> (usize, usize) {
         let (mut keys, mut expires) = (0, 0);
         for shard in self.shards.iter() {
-            for versions in shard.read().values() {
+            for versions in shard.read().keys.values() {
                 if let Some(v) = visible_in(versions, pin).filter(|v| v.is_live(now_ms)) {
                     keys += 1;
                     if v.expire_at != 0 {
@@ -220,7 +351,7 @@ impl Index {
     pub fn version_count(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.read().values().map(Vec::len).sum::<usize>())
+            .map(|s| s.read().keys.values().map(Vec::len).sum::<usize>())
             .sum()
     }
 }

@@ -154,13 +154,19 @@ pub struct OpenStats {
 const REMEMBER_ENDED: Duration = Duration::from_secs(600);
 const REMEMBER_MAX: usize = 100_000;
 
+/// Recently ended transactions: how each ended, and the order they ended in (oldest first).
+#[derive(Default)]
+struct Ended {
+    status: HashMap<TxnId, Status>,
+    order: VecDeque<(Instant, TxnId)>,
+}
+
 /// The registry of open interactive transactions of one node.
 pub struct OpenTxns {
     engine: Arc<Engine>,
     limits: OpenLimits,
     open: Mutex<HashMap<TxnId, Arc<OpenTxn>>>,
-    /// Recently ended transactions, oldest first.
-    ended: Mutex<(HashMap<TxnId, Status>, VecDeque<(Instant, TxnId)>)>,
+    ended: Mutex<Ended>,
     total_bytes: AtomicUsize,
     stats: OpenStats,
 }
@@ -173,7 +179,7 @@ impl OpenTxns {
             engine,
             limits,
             open: Mutex::new(HashMap::new()),
-            ended: Mutex::new((HashMap::new(), VecDeque::new())),
+            ended: Mutex::new(Ended::default()),
             total_bytes: AtomicUsize::new(0),
             stats: OpenStats::default(),
         });
@@ -319,15 +325,18 @@ impl OpenTxns {
     fn finish(&self, open: &OpenTxn, slot: &mut Slot, status: Status) {
         slot.txn = None;
         slot.ended.get_or_insert(status);
-        self.total_bytes.fetch_sub(slot.accounted, Ordering::Relaxed);
+        self.total_bytes
+            .fetch_sub(slot.accounted, Ordering::Relaxed);
         slot.accounted = 0;
         self.open.lock().remove(&open.id);
         let mut ended = self.ended.lock();
-        let (map, order) = &mut *ended;
+        let Ended { status: map, order } = &mut *ended;
         map.insert(open.id, status);
         order.push_back((Instant::now(), open.id));
         while order.len() > REMEMBER_MAX
-            || order.front().is_some_and(|(t, _)| t.elapsed() > REMEMBER_ENDED)
+            || order
+                .front()
+                .is_some_and(|(t, _)| t.elapsed() > REMEMBER_ENDED)
         {
             if let Some((_, id)) = order.pop_front() {
                 map.remove(&id);
@@ -340,7 +349,7 @@ impl OpenTxns {
         if self.open.lock().contains_key(&id) {
             return Status::Running;
         }
-        if let Some(status) = self.ended.lock().0.get(&id) {
+        if let Some(status) = self.ended.lock().status.get(&id) {
             return *status;
         }
         Status::Unknown

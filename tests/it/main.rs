@@ -2,7 +2,10 @@
 //!
 //! One test binary (faster to build); each module covers one area.
 
-mod harness;
-mod differential;
-mod wire;
+mod client;
 mod core_props;
+mod crash;
+mod differential;
+mod harness;
+mod interactive;
+mod wire;

@@ -45,11 +45,7 @@ async fn read_n(stream: &mut TcpStream, n: usize) -> Vec<u8> {
         let left = deadline.saturating_duration_since(Instant::now());
         let want = (n - got.len()).min(buf.len());
         match timeout(left, stream.read(&mut buf[..want])).await {
-            Err(_) => panic!(
-                "timed out after {} of {n} bytes: {}",
-                got.len(),
-                show(&got)
-            ),
+            Err(_) => panic!("timed out after {} of {n} bytes: {}", got.len(), show(&got)),
             Ok(Err(e)) => panic!("read failed after {}: {e}", show(&got)),
             Ok(Ok(0)) => panic!("connection closed after {}", show(&got)),
             Ok(Ok(k)) => got.extend_from_slice(&buf[..k]),
@@ -104,12 +100,18 @@ async fn wait_for_clients(stream: &mut TcpStream, n: usize) {
     }
 }
 
+/// Reads up to and including the next CR LF.
+async fn read_line(stream: &mut TcpStream) -> Vec<u8> {
+    let mut line = Vec::new();
+    while !line.ends_with(b"\r\n") {
+        line.extend(read_n(stream, 1).await);
+    }
+    line
+}
+
 /// Reads one RESP2 bulk string reply and returns its payload.
 async fn read_bulk(stream: &mut TcpStream) -> Vec<u8> {
-    let mut header = Vec::new();
-    while !header.ends_with(b"\r\n") {
-        header.extend(read_n(stream, 1).await);
-    }
+    let header = read_line(stream).await;
     assert_eq!(header[0], b'$', "not a bulk reply: {}", show(&header));
     let len: usize = std::str::from_utf8(&header[1..header.len() - 2])
         .unwrap()
@@ -136,7 +138,12 @@ async fn inline_commands_get_exact_replies() {
     roundtrip(&mut c, b"GET h\r\n", b"$4\r\nA\0B\n\r\n").await;
     roundtrip(&mut c, b"ECHO 'it\\'s'\r\n", b"$4\r\nit's\r\n").await;
     roundtrip(&mut c, b"ECHO\t\"\"\r\n", b"$0\r\n\r\n").await;
-    roundtrip(&mut c, b"  MGET   k\tnope  \r\n", b"*2\r\n$3\r\na b\r\n$-1\r\n").await;
+    roundtrip(
+        &mut c,
+        b"  MGET   k\tnope  \r\n",
+        b"*2\r\n$3\r\na b\r\n$-1\r\n",
+    )
+    .await;
     // A request that is not a RESP array is taken as an inline command, even `$3`.
     roundtrip(
         &mut c,
@@ -353,22 +360,28 @@ async fn expected_dollar_error_closes_the_connection() {
     .await;
 }
 
-#[tokio::test]
-async fn bulk_length_over_the_configured_limit_closes_the_connection() {
+/// A bulk of exactly `limit` bytes is accepted; a longer declared length (or a negative or
+/// non-numeric one) is a protocol error that closes only that connection.
+async fn bulk_length_limit(limit: usize) {
     let server = TestServer::with_config(Config {
-        max_bulk_len: 1024,
+        max_bulk_len: limit,
         ..Config::default()
     })
     .await;
-    // Exactly at the limit is fine.
     let mut c = connect(&server).await;
-    let value = vec![b'z'; 1024];
+    let value = vec![b'z'; limit];
     roundtrip(&mut c, &resp(&[b"SET", b"max", &value]), b"+OK\r\n").await;
-    roundtrip(&mut c, b"STRLEN max\r\n", b":1024\r\n").await;
+    roundtrip(
+        &mut c,
+        b"STRLEN max\r\n",
+        format!(":{limit}\r\n").as_bytes(),
+    )
+    .await;
     // One byte over: rejected as soon as the length line arrives.
+    let over = format!("*3\r\n$3\r\nSET\r\n$5\r\nafter\r\n${}\r\n", limit + 1);
     protocol_error_closes_only_its_connection(
         &server,
-        b"*3\r\n$3\r\nSET\r\n$5\r\nafter\r\n$1025\r\n",
+        over.as_bytes(),
         b"-ERR Protocol error: invalid bulk length\r\n",
     )
     .await;
@@ -385,7 +398,22 @@ async fn bulk_length_over_the_configured_limit_closes_the_connection() {
     )
     .await;
     // The first connection was not affected.
-    roundtrip(&mut c, b"STRLEN max\r\n", b":1024\r\n").await;
+    roundtrip(
+        &mut c,
+        b"STRLEN max\r\n",
+        format!(":{limit}\r\n").as_bytes(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bulk_length_over_a_small_configured_limit() {
+    bulk_length_limit(1024).await;
+}
+
+#[tokio::test]
+async fn bulk_length_over_a_configured_limit_above_the_read_size() {
+    bulk_length_limit(100_000).await;
 }
 
 #[tokio::test]
@@ -416,21 +444,20 @@ fn hello_reply(proto: u8, id_line: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b"$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n");
     out.extend_from_slice(format!("$5\r\nproto\r\n:{proto}\r\n$2\r\nid\r\n").as_bytes());
     out.extend_from_slice(id_line);
-    out.extend_from_slice(
-        b"$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n",
-    );
+    out.extend_from_slice(HELLO_SUFFIX);
     out
 }
+
+/// The HELLO reply after the client id.
+const HELLO_SUFFIX: &[u8] =
+    b"$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n";
 
 #[tokio::test]
 async fn hello_3_map_and_resp3_nulls() {
     let server = TestServer::start().await;
     let mut c = connect(&server).await;
     send(&mut c, b"CLIENT ID\r\n").await;
-    let mut id_line = Vec::new();
-    while !id_line.ends_with(b"\r\n") {
-        id_line.extend(read_n(&mut c, 1).await);
-    }
+    let id_line = read_line(&mut c).await;
     assert_eq!(id_line[0], b':', "{}", show(&id_line));
     roundtrip(&mut c, b"HELLO 3\r\n", &hello_reply(3, &id_line)).await;
     roundtrip(&mut c, b"GET nope\r\n", b"_\r\n").await;
@@ -496,12 +523,6 @@ async fn requirepass_over_the_wire() {
         b"-NOAUTH Authentication required.\r\n-WRONGPASS invalid username-password pair or user is disabled.\r\n-WRONGPASS invalid username-password pair or user is disabled.\r\n",
     )
     .await;
-    roundtrip(
-        &mut c,
-        b"HELLO 3\r\n",
-        b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n",
-    )
-    .await;
     roundtrip(&mut c, b"AUTH pw\r\nGET k\r\n", b"+OK\r\n$-1\r\n").await;
     // Before authentication requests are limited to 10 elements and 16 KiB bulks.
     let mut big = b"*11\r\n$3\r\nDEL\r\n".to_vec();
@@ -528,6 +549,32 @@ async fn requirepass_over_the_wire() {
     let mut c = connect(&server).await;
     roundtrip(&mut c, b"AUTH pw\r\n", b"+OK\r\n").await;
     roundtrip(&mut c, &big, b":0\r\n").await;
+}
+
+#[tokio::test]
+async fn hello_before_auth_error_is_exact() {
+    let server = TestServer::with_config(Config {
+        requirepass: Some("pw".into()),
+        ..Config::default()
+    })
+    .await;
+    let mut c = connect(&server).await;
+    roundtrip(
+        &mut c,
+        b"HELLO 3\r\n",
+        b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n",
+    )
+    .await;
+    // With AUTH in HELLO: authenticated and switched to RESP3 at once.
+    send(&mut c, b"HELLO 3 AUTH default pw\r\nGET k\r\n").await;
+    let prefix_len = hello_reply(3, b"").len() - HELLO_SUFFIX.len();
+    let prefix = read_n(&mut c, prefix_len).await;
+    let id_line = read_line(&mut c).await;
+    let mut got = prefix;
+    got.extend_from_slice(&id_line);
+    got.extend(read_n(&mut c, HELLO_SUFFIX.len()).await);
+    assert_eq!(show(&got), show(&hello_reply(3, &id_line)));
+    expect(&mut c, b"_\r\n").await;
 }
 
 #[tokio::test]
