@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod cmd;
 pub mod config;
 pub mod reply;

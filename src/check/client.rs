@@ -169,11 +169,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, ClientError> {
     parse_at(buf, 0, 0)
 }
 
-fn parse_at(
-    buf: &[u8],
-    pos: usize,
-    depth: usize,
-) -> Result<Option<(Reply, usize)>, ClientError> {
+fn parse_at(buf: &[u8], pos: usize, depth: usize) -> Result<Option<(Reply, usize)>, ClientError> {
     let Some(&kind) = buf.get(pos) else {
         return Ok(None);
     };
@@ -206,7 +202,10 @@ fn parse_at(
                     "bulk string not followed by CRLF".to_string(),
                 ));
             }
-            (Reply::Bulk(Some(Bytes::copy_from_slice(&buf[after..end]))), end + 2)
+            (
+                Reply::Bulk(Some(Bytes::copy_from_slice(&buf[after..end]))),
+                end + 2,
+            )
         }
         b'*' => {
             let n = number(line)?;
@@ -218,7 +217,9 @@ fn parse_at(
                 };
             }
             if depth >= MAX_DEPTH {
-                return Err(ClientError::Protocol("arrays nested too deeply".to_string()));
+                return Err(ClientError::Protocol(
+                    "arrays nested too deeply".to_string(),
+                ));
             }
             let n = usize::try_from(n)
                 .ok()
@@ -281,10 +282,7 @@ mod tests {
     #[test]
     fn parses_every_resp2_type() {
         let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
-        assert_eq!(
-            one(b"+OK\r\n").unwrap(),
-            Some((Reply::Status(b("OK")), 5))
-        );
+        assert_eq!(one(b"+OK\r\n").unwrap(), Some((Reply::Status(b("OK")), 5)));
         assert_eq!(
             one(b"-ERR x\r\n").unwrap(),
             Some((Reply::Error(b("ERR x")), 8))

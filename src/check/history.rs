@@ -258,6 +258,8 @@ pub fn analyze(history: &History, max_examples: usize) -> Anomalies {
     if let Some(state) = &history.final_state {
         a.check_final_state(state);
     }
+    // Group the examples by kind, in the order of the report's rows.
+    a.found.examples.sort_by_key(|e| e.kind as u8);
     a.found
 }
 
@@ -386,15 +388,16 @@ impl<'h> Analyzer<'h> {
                         Source::Nil => Some("nil".to_string()),
                         Source::Writer(j) => {
                             let tj = self.txn(j);
-                            (j != i && tj.outcome == Outcome::Committed && tj.end < ti.start)
-                                .then(|| {
+                            (j != i && tj.outcome == Outcome::Committed && tj.end < ti.start).then(
+                                || {
                                     format!(
                                         "{}'s value, acknowledged {} before {} started",
                                         tj.id,
                                         millis(ti.start - tj.end),
                                         ti.id
                                     )
-                                })
+                                },
+                            )
                         }
                         Source::Ambiguous | Source::Unexplained => None,
                     };
@@ -603,11 +606,29 @@ mod tests {
     fn a_clean_history_has_no_anomaly() {
         let found = Builder::seeded(4)
             // t1-1 writes k0,k1 and reads its own k0 and the seed's k2.
-            .txn((1, 1), (2, 5), Committed, &[0, 1], &[(0, Some((1, 1))), (2, Some((0, 2)))])
+            .txn(
+                (1, 1),
+                (2, 5),
+                Committed,
+                &[0, 1],
+                &[(0, Some((1, 1))), (2, Some((0, 2)))],
+            )
             // t2-1 runs later and sees all of t1-1.
-            .txn((2, 1), (6, 8), Committed, &[2, 3], &[(0, Some((1, 1))), (1, Some((1, 1)))])
+            .txn(
+                (2, 1),
+                (6, 8),
+                Committed,
+                &[2, 3],
+                &[(0, Some((1, 1))), (1, Some((1, 1)))],
+            )
             // Concurrent with t1-1: it may see the old versions of both keys.
-            .txn((3, 1), (3, 4), Committed, &[], &[(0, Some((0, 0))), (1, Some((0, 1)))])
+            .txn(
+                (3, 1),
+                (3, 4),
+                Committed,
+                &[],
+                &[(0, Some((0, 0))), (1, Some((0, 1)))],
+            )
             // An aborted writer nobody read.
             .txn((4, 1), (9, 10), Aborted, &[0, 1], &[])
             // An unknown writer may be read without anomaly.
@@ -629,9 +650,21 @@ mod tests {
             .txn((1, 1), (2, 3), Committed, &[0, 1], &[])
             .txn((2, 1), (4, 6), Committed, &[0, 1], &[])
             // Reads k0 from t2-1 but k1 from t1-1, acknowledged before t2-1 started.
-            .txn((3, 1), (7, 8), Committed, &[], &[(0, Some((2, 1))), (1, Some((1, 1)))])
+            .txn(
+                (3, 1),
+                (7, 8),
+                Committed,
+                &[],
+                &[(0, Some((2, 1))), (1, Some((1, 1)))],
+            )
             // Reads k1 from t2-1 and k0 from the seed.
-            .txn((3, 2), (9, 10), Committed, &[], &[(1, Some((2, 1))), (0, Some((0, 0)))])
+            .txn(
+                (3, 2),
+                (9, 10),
+                Committed,
+                &[],
+                &[(1, Some((2, 1))), (0, Some((0, 0)))],
+            )
             .analyze();
         assert_eq!(found.fractured_reads, 2, "{:#?}", found.examples);
         assert_eq!(found.total(), 2);
@@ -642,7 +675,13 @@ mod tests {
     fn fractured_read_of_nil() {
         let found = Builder::seeded(0)
             .txn((1, 1), (2, 3), Committed, &[0, 1], &[])
-            .txn((2, 1), (2, 3), Committed, &[], &[(0, Some((1, 1))), (1, None)])
+            .txn(
+                (2, 1),
+                (2, 3),
+                Committed,
+                &[],
+                &[(0, Some((1, 1))), (1, None)],
+            )
             .analyze();
         assert_eq!(found.fractured_reads, 1);
     }
@@ -653,13 +692,31 @@ mod tests {
         let found = Builder::seeded(2)
             .txn((1, 1), (2, 5), Committed, &[0, 1], &[])
             .txn((2, 1), (4, 6), Committed, &[0, 1], &[])
-            .txn((3, 1), (7, 8), Committed, &[], &[(0, Some((2, 1))), (1, Some((1, 1)))])
+            .txn(
+                (3, 1),
+                (7, 8),
+                Committed,
+                &[],
+                &[(0, Some((2, 1))), (1, Some((1, 1)))],
+            )
             // An unknown writer is never the older side.
             .txn((4, 1), (9, 10), Unknown, &[1], &[])
             .txn((5, 1), (11, 12), Committed, &[0, 1], &[])
-            .txn((6, 1), (13, 14), Committed, &[], &[(0, Some((5, 1))), (1, Some((4, 1)))])
+            .txn(
+                (6, 1),
+                (13, 14),
+                Committed,
+                &[],
+                &[(0, Some((5, 1))), (1, Some((4, 1)))],
+            )
             // Own writes are not fractured reads.
-            .txn((7, 1), (15, 16), Committed, &[1], &[(0, Some((5, 1))), (1, Some((7, 1)))])
+            .txn(
+                (7, 1),
+                (15, 16),
+                Committed,
+                &[1],
+                &[(0, Some((5, 1))), (1, Some((7, 1)))],
+            )
             .analyze();
         assert_eq!(found, Anomalies::default(), "{:#?}", found.examples);
     }

@@ -9,13 +9,18 @@
 //! * after a crash and recovery, every acknowledged commit is visible, the newest committed
 //!   version of each key wins, and the recovered state is itself atomic.
 //!
+//! Writers also delete keys (tombstones), and in some scenarios garbage collection runs
+//! concurrently with the transactions (a version it deletes too early shows up as a failed
+//! read).
+//!
 //! Every value a transaction writes is `t<number>`, so that a read names its writer. After a
-//! run, the commit records left in the inner store are matched to the history: they give the
-//! exact version of every commit, including the ones whose outcome the client never learned.
+//! run, the commit records left in the inner store are matched to the history by the
+//! transaction id they carry: they give the exact version of every commit, including the ones
+//! whose outcome the client never learned.
 //!
 //! Each scenario is a seed; a failure prints it. `AFT_TEST_SEED=<n>` runs only that seed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +30,8 @@ use aft::storage::memory::MemoryStorage;
 use aft::storage::{
     CommitBatch, CommitOutcome, CommitRecord, Storage, StorageError, TxnId, VersionId, VersionKey,
 };
-use aft::txn::{Engine, EngineConfig, Entry, Txn, TxnError, Value};
+use aft::txn::record::decode_body;
+use aft::txn::{Engine, EngineConfig, Entry, GcReport, Kind, Txn, TxnError, Value};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
@@ -97,8 +103,8 @@ type Tx = u64;
 enum Op {
     /// A read of `key`; `writer` is the transaction whose value it returned (None: absent).
     Read { key: usize, writer: Option<Tx> },
-    /// A buffered write of `t<this transaction>` to `key`.
-    Write { key: usize },
+    /// A buffered write of `key`: the value `t<this transaction>`, or a delete.
+    Write { key: usize, delete: bool },
 }
 
 /// How a transaction ended.
@@ -117,31 +123,47 @@ enum Outcome {
 #[derive(Clone, Debug)]
 struct Rec {
     tx: Tx,
+    /// The engine's id of the transaction, which its commit record carries.
+    id: TxnId,
     ops: Vec<Op>,
     outcome: Outcome,
 }
 
+/// A write set: key -> whether the write is a delete.
+type WriteSet = HashMap<usize, bool>;
+
 impl Rec {
-    fn write_set(&self) -> HashSet<usize> {
+    fn write_set(&self) -> WriteSet {
         self.ops
             .iter()
-            .filter_map(|op| match op {
-                Op::Write { key } => Some(*key),
+            .filter_map(|op| match *op {
+                Op::Write { key, delete } => Some((key, delete)),
                 Op::Read { .. } => None,
             })
             .collect()
     }
 }
 
-/// Every commit record found in the store: transaction -> (version, keys with a version).
-type Stored = HashMap<Tx, (VersionId, HashSet<usize>)>;
+/// Every commit record found in the store: transaction -> (version, its write set).
+type Stored = HashMap<Tx, (VersionId, WriteSet)>;
+
+/// Whether a read of `key` that returned `seen` shows a version at least as new as `v`.
+/// A value names its version; an absent key is conservatively taken to be as new as the
+/// newest committed delete of the key.
+fn not_older(seen: Option<Tx>, key: usize, v: VersionId, stored: &Stored) -> bool {
+    match seen {
+        Some(s) => stored.get(&s).is_some_and(|(sv, _)| *sv >= v),
+        None => stored
+            .values()
+            .any(|(dv, ws)| ws.get(&key) == Some(&true) && *dv >= v),
+    }
+}
 
 /// Checks a history against the commits found in the store. Returns every violation found.
 fn check_history(history: &[Rec], stored: &Stored) -> Vec<String> {
     let mut bad = Vec::new();
     let by_tx: HashMap<Tx, &Rec> = history.iter().map(|r| (r.tx, r)).collect();
-    let write_sets: HashMap<Tx, HashSet<usize>> =
-        history.iter().map(|r| (r.tx, r.write_set())).collect();
+    let write_sets: HashMap<Tx, WriteSet> = history.iter().map(|r| (r.tx, r.write_set())).collect();
 
     // Outcomes agree with the store.
     for rec in history {
@@ -166,10 +188,10 @@ fn check_history(history: &[Rec], stored: &Stored) -> Vec<String> {
             )),
             _ => {}
         }
-        if let Some((_, keys)) = found {
-            if *keys != write_sets[&rec.tx] {
+        if let Some((_, ws)) = found {
+            if *ws != write_sets[&rec.tx] {
                 bad.push(format!(
-                    "t{}: stored versions for keys {keys:?}, wrote {:?}",
+                    "t{}: stored write set {ws:?}, wrote {:?}",
                     rec.tx, write_sets[&rec.tx]
                 ));
             }
@@ -185,17 +207,19 @@ fn check_history(history: &[Rec], stored: &Stored) -> Vec<String> {
         let me = rec.tx;
         // Reads served by the snapshot (not by the transaction's own writes).
         let mut snapshot: BTreeMap<usize, Option<Tx>> = BTreeMap::new();
-        let mut own: HashSet<usize> = HashSet::new();
+        let mut own: WriteSet = WriteSet::new();
         for op in &rec.ops {
             match *op {
-                Op::Write { key } => {
-                    own.insert(key);
+                Op::Write { key, delete } => {
+                    own.insert(key, delete);
                 }
-                Op::Read { key, writer } if own.contains(&key) => {
-                    if writer != Some(me) {
+                Op::Read { key, writer } if own.contains_key(&key) => {
+                    let expected = (!own[&key]).then_some(me);
+                    if writer != expected {
                         bad.push(format!(
-                            "t{me}: read-your-writes: read {} from k{key} after writing it",
-                            show(writer)
+                            "t{me}: read-your-writes: read {} from k{key} after writing {}",
+                            show(writer),
+                            show(expected)
                         ));
                     }
                 }
@@ -216,9 +240,9 @@ fn check_history(history: &[Rec], stored: &Stored) -> Vec<String> {
                         bad.push(format!(
                             "t{me}: read its own uncommitted write of k{key} from the snapshot"
                         ));
-                    } else if !write_sets.get(&w).is_some_and(|ws| ws.contains(&key)) {
+                    } else if write_sets.get(&w).and_then(|ws| ws.get(&key)) != Some(&false) {
                         bad.push(format!(
-                            "t{me}: read t{w} from k{key}, which t{w} never wrote"
+                            "t{me}: read t{w} from k{key}, but t{w} wrote no value there"
                         ));
                     } else if !stored.contains_key(&w) {
                         bad.push(format!(
@@ -243,16 +267,17 @@ fn check_history(history: &[Rec], stored: &Stored) -> Vec<String> {
 fn fractured(
     reader: Tx,
     reads: &BTreeMap<usize, Option<Tx>>,
-    write_sets: &HashMap<Tx, HashSet<usize>>,
+    write_sets: &HashMap<Tx, WriteSet>,
     stored: &Stored,
 ) -> Vec<String> {
     let mut bad = Vec::new();
     for (&k, &writer) in reads {
         let Some(i) = writer else { continue };
-        let Some(ws) = write_sets.get(&i) else {
+        let (Some(ws), Some((vi, _))) = (write_sets.get(&i), stored.get(&i)) else {
+            // An uncommitted writer is reported as a dirty read already.
             continue;
         };
-        for &l in ws {
+        for (&l, &deleted) in ws {
             if l == k {
                 continue;
             }
@@ -261,13 +286,9 @@ fn fractured(
             };
             let older = match other {
                 Some(j) if j == i => false,
-                // Every write in these histories is a value: absent is older than T_i.
-                None => true,
-                Some(j) => match (stored.get(&j), stored.get(&i)) {
-                    (Some((vj, _)), Some((vi, _))) => vj < vi,
-                    // An uncommitted writer is reported as a dirty read already.
-                    _ => false,
-                },
+                // Absent is T_i's own delete, or must be a newer delete.
+                None => !deleted && !not_older(None, l, *vi, stored),
+                Some(j) => !not_older(Some(j), l, *vi, stored) && stored.contains_key(&j),
             };
             if older {
                 bad.push(format!(
@@ -281,8 +302,27 @@ fn fractured(
     bad
 }
 
-/// After recovery: each key shows the newest committed version, never older than an
-/// acknowledged one.
+/// The newest committed write of `key` in the store: (version, writer, is a delete).
+fn newest_stored(key: usize, stored: &Stored) -> Option<(VersionId, Tx, bool)> {
+    stored
+        .iter()
+        .filter_map(|(tx, (v, ws))| ws.get(&key).map(|d| (*v, *tx, *d)))
+        .max()
+}
+
+/// The newest acknowledged write of `key`: (version, writer).
+fn newest_acked(key: usize, history: &[Rec]) -> Option<(VersionId, Tx)> {
+    history
+        .iter()
+        .filter_map(|r| match r.outcome {
+            Outcome::Acked(v) if r.write_set().contains_key(&key) => Some((v, r.tx)),
+            _ => None,
+        })
+        .max()
+}
+
+/// After recovery: each key shows its newest committed version, never one older than an
+/// acknowledged write.
 fn check_recovered(
     state: &BTreeMap<usize, Option<Tx>>,
     history: &[Rec],
@@ -290,28 +330,16 @@ fn check_recovered(
 ) -> Vec<String> {
     let mut bad = Vec::new();
     for (&key, &seen) in state {
-        let newest_stored = stored
-            .iter()
-            .filter(|(_, (_, keys))| keys.contains(&key))
-            .max_by_key(|(_, (v, _))| *v)
-            .map(|(tx, _)| *tx);
-        let newest_acked = history
-            .iter()
-            .filter_map(|r| match r.outcome {
-                Outcome::Acked(v) if r.write_set().contains(&key) => Some((v, r.tx)),
-                _ => None,
-            })
-            .max();
-        if seen != newest_stored {
+        let newest = newest_stored(key, stored);
+        let expected = newest.and_then(|(_, tx, deleted)| (!deleted).then_some(tx));
+        if seen != expected {
             bad.push(format!(
-                "after recovery k{key} shows {}, the newest committed version is {}",
-                show(seen),
-                show(newest_stored)
+                "after recovery k{key} shows {}, its newest committed write is {newest:?}",
+                show(seen)
             ));
         }
-        if let Some((v, tx)) = newest_acked {
-            let seen_version = seen.and_then(|s| stored.get(&s)).map(|(v, _)| *v);
-            if seen_version.is_none_or(|sv| sv < v) {
+        if let Some((v, tx)) = newest_acked(key, history) {
+            if !not_older(seen, key, v, stored) {
                 bad.push(format!(
                     "after recovery k{key} shows {}, older than acknowledged t{tx}",
                     show(seen)
@@ -322,8 +350,8 @@ fn check_recovered(
     bad
 }
 
-/// While running: each key shows a committed version at least as new as every acknowledged
-/// one (a commit whose reply was lost may or may not be shown before recovery).
+/// While running: each key shows a version at least as new as its newest acknowledged write
+/// (a commit whose reply was lost may or may not be shown before recovery).
 fn check_live(
     state: &BTreeMap<usize, Option<Tx>>,
     history: &[Rec],
@@ -331,16 +359,12 @@ fn check_live(
 ) -> Vec<String> {
     let mut bad = Vec::new();
     for (&key, &seen) in state {
-        let seen_version = seen.and_then(|s| stored.get(&s)).map(|(v, _)| *v);
-        for r in history {
-            if let Outcome::Acked(v) = r.outcome {
-                if r.write_set().contains(&key) && seen_version.is_none_or(|sv| sv < v) {
-                    bad.push(format!(
-                        "k{key} shows {}, older than acknowledged t{}",
-                        show(seen),
-                        r.tx
-                    ));
-                }
+        if let Some((v, tx)) = newest_acked(key, history) {
+            if !not_older(seen, key, v, stored) {
+                bad.push(format!(
+                    "k{key} shows {}, older than acknowledged t{tx}",
+                    show(seen)
+                ));
             }
         }
     }
@@ -416,6 +440,18 @@ async fn read(
     }
 }
 
+/// Buffers a write of `k`: usually the transaction's value, sometimes a delete. The first
+/// write of a transaction is always a value, so that its versions name it.
+fn write(txn: &mut Txn, ops: &mut Vec<Op>, rng: &mut Rng, tx: Tx, k: usize, first: bool) {
+    let delete = !first && rng.chance(20);
+    if delete {
+        txn.delete(key(k));
+    } else {
+        txn.put(key(k), Entry::string(value(tx)));
+    }
+    ops.push(Op::Write { key: k, delete });
+}
+
 /// Runs one random transaction numbered `tx`.
 async fn one_txn(
     engine: &Arc<Engine>,
@@ -425,9 +461,15 @@ async fn one_txn(
     bad: &Mutex<Vec<String>>,
 ) -> Rec {
     let mut txn = engine.begin();
+    let id = txn.id();
     let mut ops = Vec::new();
     let kind = rng.below(10);
-    let done = |ops: Vec<Op>, outcome| Rec { tx, ops, outcome };
+    let done = |ops: Vec<Op>, outcome| Rec {
+        tx,
+        id,
+        ops,
+        outcome,
+    };
     macro_rules! read {
         ($k:expr, $upd:expr) => {
             if read(&mut txn, $k, $upd, &mut ops, bad).await.is_err() {
@@ -466,9 +508,8 @@ async fn one_txn(
         for k in rng.pick(KEYS, n) {
             read!(k, false);
         }
-        for &k in &writes {
-            txn.put(key(k), Entry::string(value(tx)));
-            ops.push(Op::Write { key: k });
+        for (n, &k) in writes.iter().enumerate() {
+            write(&mut txn, &mut ops, rng, tx, k, n == 0);
             if rng.chance(30) {
                 read!(k, false);
             }
@@ -485,9 +526,8 @@ async fn one_txn(
         if rng.chance(50) {
             read!(rng.below(KEYS as u64) as usize, false);
         }
-        for &k in &writes {
-            txn.put(key(k), Entry::string(value(tx)));
-            ops.push(Op::Write { key: k });
+        for (n, &k) in writes.iter().enumerate() {
+            write(&mut txn, &mut ops, rng, tx, k, n == 0);
         }
         if rng.chance(50) {
             read!(writes[0], false);
@@ -507,21 +547,28 @@ async fn one_txn(
     done(ops, outcome)
 }
 
-/// Reads every key in one transaction of `engine` (the engine must not fail reads).
+/// Reads every key in one transaction of `engine`, retrying if the store fails a read.
 async fn read_all(engine: &Arc<Engine>, tx: Tx) -> Result<Rec, String> {
-    let mut txn = engine.begin();
-    let mut ops = Vec::new();
-    let bad = Mutex::new(Vec::new());
-    for k in 0..KEYS {
-        if read(&mut txn, k, false, &mut ops, &bad).await.is_err() {
-            return Err(format!("reading every key failed: {:?}", bad.lock()));
+    'attempt: for _ in 0..100 {
+        let mut txn = engine.begin();
+        let mut ops = Vec::new();
+        let bad = Mutex::new(Vec::new());
+        for k in 0..KEYS {
+            if read(&mut txn, k, false, &mut ops, &bad).await.is_err() {
+                if bad.lock().is_empty() {
+                    continue 'attempt;
+                }
+                return Err(format!("reading every key failed: {:?}", bad.lock()));
+            }
         }
+        return Ok(Rec {
+            tx,
+            id: txn.id(),
+            ops,
+            outcome: Outcome::NoCommit,
+        });
     }
-    Ok(Rec {
-        tx,
-        ops,
-        outcome: Outcome::NoCommit,
-    })
+    Err("reading every key failed 100 times".into())
 }
 
 fn state_of(rec: &Rec) -> BTreeMap<usize, Option<Tx>> {
@@ -534,8 +581,13 @@ fn state_of(rec: &Rec) -> BTreeMap<usize, Option<Tx>> {
         .collect()
 }
 
-/// Every commit record in `storage`, matched to the transaction whose values it holds.
-async fn stored_commits(storage: &Arc<dyn Storage>) -> Result<Stored, String> {
+/// Every commit record in `storage`, matched to the transaction by the id it carries, with
+/// its write set. The values still stored (garbage collection may have deleted superseded
+/// ones) must be the transaction's.
+async fn stored_commits(
+    storage: &Arc<dyn Storage>,
+    ids: &HashMap<TxnId, Tx>,
+) -> Result<Stored, String> {
     let mut out = Stored::new();
     let mut after = None;
     loop {
@@ -546,43 +598,56 @@ async fn stored_commits(storage: &Arc<dyn Storage>) -> Result<Stored, String> {
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         for record in page {
-            let wanted: Vec<VersionKey> = (0..KEYS)
-                .map(|k| VersionKey {
-                    key: key(k),
-                    version: record.id,
-                })
-                .collect();
+            let id = record.id;
+            let tx = *ids
+                .get(&id.txn)
+                .ok_or_else(|| format!("commit record {id:?} of no transaction that ran"))?;
+            let metas = decode_body(&record.body).map_err(|e| format!("{id:?}: {e}"))?;
+            let mut ws = WriteSet::new();
+            let mut wanted = Vec::new();
+            for m in metas {
+                let k = std::str::from_utf8(&m.key)
+                    .ok()
+                    .and_then(|s| s.strip_prefix("key:"))
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .ok_or_else(|| format!("{id:?} wrote unexpected key {:?}", m.key))?;
+                let deleted = m.kind == Kind::Tombstone;
+                ws.insert(k, deleted);
+                if !deleted {
+                    wanted.push(VersionKey {
+                        key: m.key,
+                        version: id,
+                    });
+                }
+            }
             let values = storage
                 .get_versions(wanted)
                 .await
                 .map_err(|e| format!("get_versions: {e}"))?;
-            let mut writer = None;
-            let mut keys = HashSet::new();
-            for (k, v) in values.into_iter().enumerate() {
-                let Some(v) = v else { continue };
-                let w = parse_value(&v)
-                    .ok_or_else(|| format!("version {:?} of k{k} holds {v:?}", record.id))?;
-                if writer.is_some_and(|x| x != w) {
-                    return Err(format!("commit {:?} mixes writers", record.id));
+            for v in values.into_iter().flatten() {
+                if parse_value(&v) != Some(tx) {
+                    return Err(format!("t{tx}'s commit {id:?} stored the value {v:?}"));
                 }
-                writer = Some(w);
-                keys.insert(k);
             }
-            let w = writer.ok_or_else(|| format!("commit {:?} has no versions", record.id))?;
-            if out.insert(w, (record.id, keys)).is_some() {
-                return Err(format!("t{w} has two commit records"));
+            if out.insert(tx, (id, ws)).is_some() {
+                return Err(format!("t{tx} has two commit records"));
             }
         }
     }
     Ok(out)
 }
 
-/// Garbage collection stays off during a test, so that the store keeps every commit record
-/// and version for the checker to match against the history.
+/// No background garbage collection (scenarios that want it run rounds themselves), and
+/// commit records kept for the whole test, so that the store still holds the record of
+/// every commit for the checker to match against the history.
+// The struct update keeps this compiling when the engine gains settings.
+#[allow(clippy::needless_update)]
 fn config(cache_bytes: usize) -> EngineConfig {
     EngineConfig {
         cache_bytes,
-        gc_interval: Duration::from_secs(24 * 3600),
+        gc_interval: Duration::ZERO,
+        status_retention: Duration::from_secs(3600),
+        idempotency_retention: Duration::from_secs(3600),
         ..EngineConfig::default()
     }
 }
@@ -594,6 +659,8 @@ struct Scenario {
     cache_bytes: usize,
     /// Crash the store once this many commits were started.
     crash_after: Option<u64>,
+    /// Run garbage collection rounds continuously, concurrently with the transactions.
+    gc: bool,
 }
 
 impl Scenario {
@@ -616,6 +683,7 @@ impl Scenario {
             // No cache: every read goes to the (faulty) store.
             cache_bytes: if rng.chance(50) { 0 } else { 1 << 20 },
             crash_after: (seed % 2 == 1).then(|| rng.range(50, 400)),
+            gc: !seed.is_multiple_of(3),
         }
     }
 }
@@ -641,6 +709,24 @@ async fn run_scenario(sc: Scenario) -> Result<String, Vec<String>> {
             handle.crash();
         })
     });
+    let stop_gc = Arc::new(AtomicBool::new(false));
+    let collector = sc.gc.then(|| {
+        let engine = engine.clone();
+        let stop = stop_gc.clone();
+        tokio::spawn(async move {
+            let mut total = GcReport::default();
+            while !stop.load(Ordering::SeqCst) {
+                let r = engine.collect_garbage().await;
+                total.versions_dropped += r.versions_dropped;
+                total.keys_removed += r.keys_removed;
+                total.versions_deleted += r.versions_deleted;
+                total.commits_deleted += r.commits_deleted;
+                total.errors += r.errors;
+                tokio::time::sleep(Duration::from_micros(300)).await;
+            }
+            total
+        })
+    });
     let mut tasks = Vec::new();
     for t in 0..TASKS {
         let engine = engine.clone();
@@ -664,9 +750,18 @@ async fn run_scenario(sc: Scenario) -> Result<String, Vec<String>> {
     if let Some(c) = crasher {
         c.await.map_err(|e| vec![format!("crasher: {e}")])?;
     }
+    stop_gc.store(true, Ordering::SeqCst);
+    let gc = match collector {
+        Some(c) => Some(c.await.map_err(|e| vec![format!("collector: {e}")])?),
+        None => None,
+    };
     let mut violations = std::mem::take(&mut *bad.lock());
 
-    let stored = stored_commits(&memory).await.map_err(|e| vec![e])?;
+    let ids: HashMap<TxnId, Tx> = history.iter().map(|r| (r.id, r.tx)).collect();
+    if ids.len() != history.len() {
+        violations.push("two transactions got the same id".into());
+    }
+    let stored = stored_commits(&memory, &ids).await.map_err(|e| vec![e])?;
     if !faulty.is_crashed() {
         // Without a crash, the running engine shows every acknowledged commit.
         let rec = read_all(&engine, 1).await.map_err(|e| vec![e])?;
@@ -707,7 +802,8 @@ async fn run_scenario(sc: Scenario) -> Result<String, Vec<String>> {
 
     let count = |f: fn(&Outcome) -> bool| history.iter().filter(|r| f(&r.outcome)).count();
     let summary = format!(
-        "{} acked, {} unknown, {} failed, {} read-only/abandoned; faults {:?}; crashed: {}",
+        "{} acked, {} unknown, {} failed, {} read-only/abandoned; faults {:?}; crashed: {}; \
+         gc: {gc:?}",
         count(|o| matches!(o, Outcome::Acked(_))),
         count(|o| matches!(o, Outcome::Unknown)),
         count(|o| matches!(o, Outcome::Failed(_))),
@@ -723,7 +819,8 @@ async fn run_scenario(sc: Scenario) -> Result<String, Vec<String>> {
     }
 }
 
-/// Odd seeds crash the store mid-run; every fourth seed injects no other fault.
+/// Odd seeds crash the store mid-run; every fourth seed injects no other fault; two seeds in
+/// three collect garbage while transactions run.
 const SEEDS: std::ops::RangeInclusive<u64> = 1..=24;
 
 #[test]
@@ -880,35 +977,50 @@ fn checker_detects_bad_histories() {
         ts,
         txn: TxnId(u128::from(ts)),
     };
-    let writer = |tx: Tx, keys: &[usize], outcome: Outcome| Rec {
+    // Write sets are (key, is a delete).
+    let writer = |tx: Tx, keys: &[(usize, bool)], outcome: Outcome| Rec {
         tx,
-        ops: keys.iter().map(|&key| Op::Write { key }).collect(),
+        id: TxnId(u128::from(tx)),
+        ops: keys
+            .iter()
+            .map(|&(key, delete)| Op::Write { key, delete })
+            .collect(),
         outcome,
     };
     let reader = |tx: Tx, reads: &[(usize, Option<Tx>)]| Rec {
         tx,
+        id: TxnId(u128::from(tx)),
         ops: reads
             .iter()
             .map(|&(key, writer)| Op::Read { key, writer })
             .collect(),
         outcome: Outcome::NoCommit,
     };
-    // t1 and t2 both wrote k0 and k1, t2 later; t3 (unknown outcome, committed) wrote k1 and
-    // k2 after both; t4 failed; t5's outcome is unknown and it did not commit.
+    let ws = |keys: &[(usize, bool)]| -> WriteSet { keys.iter().copied().collect() };
+    // t1 then t2 wrote k0 and k1; t3 (unknown outcome, committed) wrote k1 and k2 after
+    // both; t4 failed; t5's outcome is unknown and it did not commit; t6 wrote k4 and
+    // deleted k5 after t7 wrote k5; t8 wrote k4 after t6.
     let base = vec![
-        writer(1, &[0, 1], Outcome::Acked(v(10))),
-        writer(2, &[0, 1], Outcome::Acked(v(20))),
-        writer(3, &[1, 2], Outcome::Unknown),
-        writer(4, &[3], Outcome::Failed("conflict".into())),
-        writer(5, &[3], Outcome::Unknown),
+        writer(1, &[(0, false), (1, false)], Outcome::Acked(v(10))),
+        writer(2, &[(0, false), (1, false)], Outcome::Acked(v(20))),
+        writer(3, &[(1, false), (2, false)], Outcome::Unknown),
+        writer(4, &[(3, false)], Outcome::Failed("conflict".into())),
+        writer(5, &[(3, false)], Outcome::Unknown),
+        writer(6, &[(4, false), (5, true)], Outcome::Acked(v(60))),
+        writer(7, &[(5, false)], Outcome::Acked(v(50))),
+        writer(8, &[(4, false)], Outcome::Acked(v(70))),
     ];
     let stored: Stored = [
-        (1, (v(10), HashSet::from([0, 1]))),
-        (2, (v(20), HashSet::from([0, 1]))),
-        (3, (v(30), HashSet::from([1, 2]))),
+        (1, (v(10), ws(&[(0, false), (1, false)]))),
+        (2, (v(20), ws(&[(0, false), (1, false)]))),
+        (3, (v(30), ws(&[(1, false), (2, false)]))),
+        (6, (v(60), ws(&[(4, false), (5, true)]))),
+        (7, (v(50), ws(&[(5, false)]))),
+        (8, (v(70), ws(&[(4, false)]))),
     ]
     .into_iter()
     .collect();
+    assert_eq!(check_history(&base, &stored), Vec::<String>::new());
     let with = |extra: Rec| {
         let mut h = base.clone();
         h.push(extra);
@@ -921,20 +1033,17 @@ fn checker_detects_bad_histories() {
             "expected {what:?}, got {bad:?}"
         );
     };
+    let none = Vec::<String>::new();
 
     // Good readsets: a consistent snapshot, or newer versions of the other keys.
-    assert_eq!(
-        with(reader(9, &[(0, Some(2)), (1, Some(2))])),
-        Vec::<String>::new()
-    );
-    assert_eq!(
-        with(reader(9, &[(0, Some(1)), (1, Some(3))])),
-        Vec::<String>::new()
-    );
+    assert_eq!(with(reader(9, &[(0, Some(2)), (1, Some(2))])), none);
+    assert_eq!(with(reader(9, &[(0, Some(1)), (1, Some(3))])), none);
     assert_eq!(
         with(reader(9, &[(1, Some(3)), (2, Some(3)), (0, None)])),
-        Vec::<String>::new()
+        none
     );
+    assert_eq!(with(reader(9, &[(4, Some(6)), (5, None)])), none);
+    assert_eq!(with(reader(9, &[(5, Some(7)), (4, Some(8))])), none);
 
     // Fractured: k0 from t2 but k1 from the older t1, in either read order; or k1 absent.
     rejects(reader(9, &[(0, Some(2)), (1, Some(1))]), "fractured");
@@ -942,47 +1051,72 @@ fn checker_detects_bad_histories() {
     rejects(reader(9, &[(0, Some(1)), (1, None)]), "fractured");
     // k1 from the unknown-outcome t3 (committed at 30) but k2 absent.
     rejects(reader(9, &[(1, Some(3)), (2, None)]), "fractured");
+    // k4 from t6, which deleted k5, but k5 still shows the older t7.
+    rejects(reader(9, &[(4, Some(6)), (5, Some(7))]), "fractured");
     // Dirty: values of a failed commit and of an unknown one that never committed.
     rejects(reader(9, &[(3, Some(4))]), "dirty read");
     rejects(reader(9, &[(3, Some(5))]), "dirty read");
-    rejects(reader(9, &[(2, Some(1))]), "never wrote");
+    rejects(reader(9, &[(2, Some(1))]), "wrote no value");
+    rejects(reader(9, &[(5, Some(6))]), "wrote no value");
     // Read-your-writes and repeatable reads.
-    let mut own = writer(9, &[0], Outcome::NoCommit);
+    let mut own = writer(9, &[(0, false)], Outcome::NoCommit);
+    own.ops.push(Op::Read {
+        key: 0,
+        writer: Some(2),
+    });
+    rejects(own, "read-your-writes");
+    let mut own = writer(9, &[(0, true)], Outcome::NoCommit);
     own.ops.push(Op::Read {
         key: 0,
         writer: Some(2),
     });
     rejects(own, "read-your-writes");
     rejects(reader(9, &[(0, Some(1)), (0, Some(2))]), "non-repeatable");
-    // Outcomes: an acknowledged commit missing, a failed one stored.
+    rejects(reader(9, &[(0, Some(1)), (0, None)]), "non-repeatable");
+    // Outcomes: an acknowledged commit missing, a failed one stored, a write set changed.
     let mut h = base.clone();
-    h.push(writer(6, &[4], Outcome::Acked(v(60))));
+    h.push(writer(10, &[(4, false)], Outcome::Acked(v(80))));
     assert!(check_history(&h, &stored)
         .iter()
         .any(|b| b.contains("lost commit")));
     let mut s = stored.clone();
-    s.insert(4, (v(40), HashSet::from([3])));
+    s.insert(4, (v(40), ws(&[(3, false)])));
     assert!(check_history(&base, &s)
         .iter()
         .any(|b| b.contains("left a commit record")));
+    let mut s = stored.clone();
+    s.insert(6, (v(60), ws(&[(4, false)])));
+    assert!(check_history(&base, &s)
+        .iter()
+        .any(|b| b.contains("stored write set")));
 
-    // Recovered state: newest committed per key; older or missing is rejected.
-    let good: BTreeMap<usize, Option<Tx>> = [(0, Some(2)), (1, Some(3)), (2, Some(3)), (3, None)]
-        .into_iter()
-        .collect();
-    assert_eq!(check_recovered(&good, &base, &stored), Vec::<String>::new());
-    let mut stale = good.clone();
-    stale.insert(0, Some(1));
-    assert!(check_recovered(&stale, &base, &stored)
+    // Recovered state: the newest committed write per key; older, or missing, is rejected.
+    let good: BTreeMap<usize, Option<Tx>> = [
+        (0, Some(2)),
+        (1, Some(3)),
+        (2, Some(3)),
+        (3, None),
+        (4, Some(8)),
+        (5, None),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(check_recovered(&good, &base, &stored), none);
+    let bad_state = |key: usize, seen: Option<Tx>| {
+        let mut state = good.clone();
+        state.insert(key, seen);
+        state
+    };
+    assert!(check_recovered(&bad_state(0, Some(1)), &base, &stored)
         .iter()
         .any(|b| b.contains("older than acknowledged t2")));
-    let mut lost = good.clone();
-    lost.insert(1, Some(2));
-    assert!(!check_recovered(&lost, &base, &stored).is_empty());
-    // Live state: the unknown t3 may be missing, the acknowledged t2 may not.
-    let mut live = good.clone();
-    live.insert(1, Some(2));
+    assert!(!check_recovered(&bad_state(1, Some(2)), &base, &stored).is_empty());
+    assert!(!check_recovered(&bad_state(5, Some(7)), &base, &stored).is_empty());
+    assert!(!check_recovered(&bad_state(0, None), &base, &stored).is_empty());
+    // Live state: the unknown t3 may be missing, the acknowledged t2 and t6 may not.
+    let mut live = bad_state(1, Some(2));
     live.insert(2, None);
-    assert_eq!(check_live(&live, &base, &stored), Vec::<String>::new());
-    assert!(!check_live(&stale, &base, &stored).is_empty());
+    assert_eq!(check_live(&live, &base, &stored), none);
+    assert!(!check_live(&bad_state(0, Some(1)), &base, &stored).is_empty());
+    assert!(!check_live(&bad_state(5, Some(7)), &base, &stored).is_empty());
 }

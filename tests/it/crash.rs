@@ -1,6 +1,6 @@
-//! Crash test of the real binary: `aft serve` over the embedded backend (fsync on) is killed
-//! with SIGKILL under concurrent multi-key MULTI/EXEC load, restarted on the same data
-//! directory, and checked:
+//! Crash test of the real binary: `aft serve` over the embedded backend (fsync on, garbage
+//! collection every 10 ms) is killed with SIGKILL under concurrent multi-key MULTI/EXEC load,
+//! restarted on the same data directory, and checked:
 //!
 //! * durability: every acknowledged transaction is still there (each key shows its last
 //!   acknowledged writer or a later one whose outcome the client never learned);
@@ -431,6 +431,12 @@ fn acknowledged_transactions_survive_kill_9_whole() {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
+    // Garbage collection every 10 ms, so that it runs under the load and across the crashes.
+    let conf_dir = tempfile::tempdir().expect("tempdir");
+    let conf = conf_dir.path().join("aft.toml");
+    std::fs::write(&conf, "gc_interval_ms = 10\n").expect("write config");
+    let conf = conf.to_str().expect("utf-8 path");
+    let args = ["--config", conf];
     let shared = Arc::new(Shared {
         clock: AtomicU64::new(0),
         txns: Mutex::new(Txns::new()),
@@ -438,7 +444,7 @@ fn acknowledged_transactions_survive_kill_9_whole() {
     });
     let mut seqs = vec![0u64; WRITERS];
 
-    let mut server = Process::spawn(dir.path(), &[]);
+    let mut server = Process::spawn(dir.path(), &args);
     for round in 1..=ROUNDS {
         let load = start_load(&runtime, server.addr, &shared, &mut rng, &seqs);
         let delay = rng.range(200, 600);
@@ -454,7 +460,7 @@ fn acknowledged_transactions_survive_kill_9_whole() {
                 vec!["a transaction stayed in flight".into()],
             );
         }
-        server = Process::spawn(dir.path(), &[]);
+        server = Process::spawn(dir.path(), &args);
         let what = format!("restart {round} (killed after {delay} ms)");
         let bad = runtime
             .block_on(verify(server.addr, &shared, &seen, &what))
@@ -497,7 +503,7 @@ fn acknowledged_transactions_survive_kill_9_whole() {
             vec![format!("aft exited with {status}")],
         );
     }
-    let server = Process::spawn(dir.path(), &[]);
+    let server = Process::spawn(dir.path(), &args);
     let bad = runtime
         .block_on(verify(server.addr, &shared, &seen, "restart after SIGTERM"))
         .unwrap_or_else(|e| fail("restart after SIGTERM", vec![e]));

@@ -2,10 +2,12 @@
 //!
 //! One test binary (faster to build); each module covers one area.
 
+mod check;
 mod client;
 mod core_props;
 mod crash;
 mod differential;
+mod gc;
 mod harness;
 mod interactive;
 mod wire;
