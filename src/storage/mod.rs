@@ -214,4 +214,18 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Flushes what is buffered and releases resources; later calls fail with `Closed`.
     fn close(&self) -> BoxFuture<'_, Result<(), StorageError>>;
+
+    /// Deletes orphan versions: versions written by commits that never got their commit
+    /// record and started more than `older_than` ago (commits still in flight must not be
+    /// touched). Returns how many versions were deleted. A backend whose commits are atomic
+    /// (versions and record in one write) has no orphans: the default does nothing. Backends
+    /// find orphans without scanning the keyspace (e.g. from pending markers written before
+    /// the versions).
+    fn reclaim_orphans(
+        &self,
+        older_than: std::time::Duration,
+    ) -> BoxFuture<'_, Result<u64, StorageError>> {
+        let _ = older_than;
+        Box::pin(async { Ok(0) })
+    }
 }

@@ -425,6 +425,145 @@ mod tests {
         assert_eq!(index.cached_bytes(), 2);
     }
 
+    fn ids(dropped: &[Dropped]) -> Vec<u64> {
+        let mut ts: Vec<u64> = dropped.iter().map(|d| d.id.ts).collect();
+        ts.sort_unstable();
+        ts
+    }
+
+    fn tombstone(ts: u64, seq: u64) -> VersionMeta {
+        VersionMeta {
+            kind: Kind::Tombstone,
+            value: None,
+            ..meta(ts, seq, b"")
+        }
+    }
+
+    #[test]
+    fn insert_returns_the_versions_it_prunes() {
+        let index = Index::new(1 << 20);
+        let k = Bytes::from_static(b"k");
+        assert!(index.insert(k.clone(), meta(10, 1, b"a"), 0).is_empty());
+        // A reader pinned at 1 keeps version 10.
+        assert!(index.insert(k.clone(), meta(20, 2, b"b"), 1).is_empty());
+        let dropped = index.insert(k.clone(), meta(30, 3, b"c"), 2);
+        assert_eq!(
+            dropped,
+            vec![Dropped {
+                key: k.clone(),
+                id: meta(10, 1, b"").id,
+                kind: Kind::String
+            }]
+        );
+        assert_eq!(index.version_count(), 2);
+        // Learning a version twice drops nothing and keeps one copy.
+        assert!(index.insert(k, meta(30, 4, b"c"), 4).is_empty());
+        assert_eq!(index.version_count(), 2);
+    }
+
+    fn sweep_all(index: &Index, min_pin: u64, min_now: u64, removable: bool) -> Sweep {
+        let mut total = Sweep::default();
+        for shard in 0..index.shard_count() {
+            let s = index.sweep_shard(shard, min_pin, min_now, &mut |_| removable);
+            total.dropped.extend(s.dropped);
+            total.removed_keys += s.removed_keys;
+        }
+        total
+    }
+
+    #[test]
+    fn sweep_drops_what_pins_released() {
+        let index = Index::new(1 << 20);
+        let k = Bytes::from_static(b"k");
+        index.insert(k.clone(), meta(10, 1, b"a"), 0);
+        index.insert(k.clone(), meta(20, 2, b"b"), 1);
+        index.insert(k.clone(), meta(30, 3, b"c"), 1);
+        // The reader at 1 is still there: nothing to drop.
+        assert!(sweep_all(&index, 1, 0, true).dropped.is_empty());
+        assert_eq!(index.visible(b"k", 1).unwrap().id.ts, 10);
+        // It ended: only the newest stays; a live key is never removed.
+        let swept = sweep_all(&index, 3, u64::MAX, true);
+        assert_eq!(ids(&swept.dropped), vec![10, 20]);
+        assert_eq!(swept.removed_keys, 0);
+        assert_eq!(index.visible(b"k", 3).unwrap().id.ts, 30);
+        assert_eq!(index.cached_bytes(), 1);
+    }
+
+    #[test]
+    fn sweep_removes_a_sole_tombstone_visible_to_every_pin() {
+        let index = Index::new(1 << 20);
+        let k = Bytes::from_static(b"k");
+        index.insert(k.clone(), meta(10, 1, b"a"), 0);
+        index.insert(k.clone(), tombstone(20, 2), 1);
+        // A reader at 1 still sees the value.
+        let swept = sweep_all(&index, 1, 0, true);
+        assert!(swept.dropped.is_empty());
+        // Visible to all, but the caller refuses (an older record lists the key).
+        let swept = sweep_all(&index, 2, 0, false);
+        assert_eq!(ids(&swept.dropped), vec![10]);
+        assert_eq!(swept.removed_keys, 0);
+        assert_eq!(index.latest(b"k").unwrap().ts, 20);
+        // The caller agrees: the key is gone.
+        let swept = sweep_all(&index, 2, 0, true);
+        assert_eq!(swept.removed_keys, 1);
+        assert_eq!(
+            swept.dropped,
+            vec![Dropped {
+                key: k,
+                id: tombstone(20, 2).id,
+                kind: Kind::Tombstone
+            }]
+        );
+        assert!(index.latest(b"k").is_none());
+        assert_eq!(index.version_count(), 0);
+        assert_eq!(index.cached_bytes(), 0);
+    }
+
+    #[test]
+    fn sweep_removes_expired_keys_only_once_every_clock_passed_the_expiry() {
+        let index = Index::new(1 << 20);
+        let mut v = meta(10, 1, b"abc");
+        v.expire_at = 1_000;
+        index.insert(Bytes::from_static(b"k"), v, 0);
+        // A transaction whose clock is before the expiry still sees the key.
+        assert_eq!(sweep_all(&index, 1, 999, true).removed_keys, 0);
+        // A version not yet visible to every pin stays.
+        assert_eq!(sweep_all(&index, 0, 1_000, true).removed_keys, 0);
+        let swept = sweep_all(&index, 1, 1_000, true);
+        assert_eq!(swept.removed_keys, 1);
+        assert_eq!(ids(&swept.dropped), vec![10]);
+        assert_eq!(index.cached_bytes(), 0);
+    }
+
+    #[test]
+    fn sweep_visits_only_keys_that_may_have_garbage() {
+        let index = Index::new(1 << 20);
+        for i in 0..100u64 {
+            let key = Bytes::from(format!("live{i}"));
+            index.insert(key, meta(i + 1, i + 1, b"v"), 0);
+        }
+        index.insert(Bytes::from_static(b"gone"), tombstone(500, 101), 0);
+        let mut asked = Vec::new();
+        for shard in 0..index.shard_count() {
+            index.sweep_shard(shard, 101, 0, &mut |key| {
+                asked.push(key.clone());
+                true
+            });
+        }
+        assert_eq!(asked, vec![Bytes::from_static(b"gone")]);
+        // A removed key and a key reduced to one plain version leave the candidates.
+        let k = Bytes::from_static(b"k");
+        index.insert(k.clone(), meta(600, 102, b"a"), 0);
+        index.insert(k.clone(), meta(601, 103, b"b"), 0);
+        assert_eq!(sweep_all(&index, 103, 0, true).dropped.len(), 1);
+        let shards = index.shards.iter();
+        assert_eq!(
+            shards.map(|s| s.read().candidates.len()).sum::<usize>(),
+            0,
+            "nothing left to visit"
+        );
+    }
+
     #[test]
     fn live_keys_skip_tombstones_and_expired() {
         let index = Index::new(0);

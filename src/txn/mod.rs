@@ -9,11 +9,12 @@
 //! The core knows nothing of RESP or of any concrete backend.
 
 pub mod clock;
+pub mod gc;
 pub mod index;
 pub mod open;
 pub mod record;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,8 @@ use crate::storage::{
     CommitBatch, CommitOutcome, CommitRecord, Storage, StorageError, TxnId, VersionId, VersionKey,
 };
 use clock::Clock;
+use gc::{Collector, Snapshots};
+pub use gc::{GcGauges, GcReport};
 use index::{Index, VersionMeta};
 pub use record::{Entry, Kind, Value, WriteMeta};
 
@@ -54,7 +57,8 @@ pub enum TxnError {
 pub struct EngineConfig {
     /// Bytes of values the version cache may hold.
     pub cache_bytes: usize,
-    /// How often garbage collection runs.
+    /// How often garbage collection runs in the background; zero: never (call
+    /// [`Engine::collect_garbage`]).
     pub gc_interval: Duration,
     /// How long a commit record that holds an idempotency key is kept after its versions
     /// are superseded: the window in which a retry with the same key is recognised.
@@ -92,6 +96,16 @@ pub struct Stats {
     pub cache_hits: AtomicU64,
     /// Commit records loaded at start.
     pub recovered_commits: AtomicU64,
+    /// Stored versions deleted by garbage collection.
+    pub versions_collected: AtomicU64,
+    /// Commit records deleted by garbage collection.
+    pub commits_collected: AtomicU64,
+    /// Keys removed from memory because their only version was a tombstone or expired.
+    pub keys_removed: AtomicU64,
+    /// Garbage collection rounds run.
+    pub gc_runs: AtomicU64,
+    /// Storage calls of garbage collection that failed (retried later).
+    pub gc_errors: AtomicU64,
 }
 
 /// What WATCH remembers about a key: the version it had and until when it was live.
@@ -111,8 +125,10 @@ pub struct Engine {
     seq: AtomicU64,
     /// Serialises publication so that sequence numbers are handed out in index order.
     publish_lock: Mutex<()>,
-    /// Pins of running transactions: sequence -> number of transactions pinned there.
-    pins: Mutex<BTreeMap<u64, usize>>,
+    /// Pins and clocks of running transactions.
+    snapshots: Mutex<Snapshots>,
+    /// Garbage collection bookkeeping and its background task.
+    gc: Collector,
     /// Keys written by commits that are validated but not yet published.
     inflight: Mutex<HashMap<Bytes, usize>>,
     /// Woken whenever a commit is published, for transactions waiting to retry.
@@ -134,7 +150,8 @@ impl Engine {
             clock: Clock::new(),
             seq: AtomicU64::new(0),
             publish_lock: Mutex::new(()),
-            pins: Mutex::new(BTreeMap::new()),
+            snapshots: Mutex::new(Snapshots::default()),
+            gc: Collector::new(config.idempotency_retention, config.status_retention),
             inflight: Mutex::new(HashMap::new()),
             published: tokio::sync::Notify::new(),
             node: random_u64(),
@@ -142,6 +159,7 @@ impl Engine {
             stats: Stats::default(),
         });
         engine.recover().await?;
+        engine.gc.start(Arc::downgrade(&engine), config.gc_interval);
         Ok(engine)
     }
 
@@ -157,7 +175,8 @@ impl Engine {
                 let writes = record::decode_body(&record.body)?;
                 self.clock.observe(record.id.ts);
                 let values = vec![None; writes.len()];
-                self.publish(record.id, &writes, values);
+                let idempotent = record.idempotency_key.is_some();
+                self.publish(record.id, &writes, values, idempotent);
                 self.stats.recovered_commits.fetch_add(1, Ordering::Relaxed);
             }
             if !full {
@@ -172,8 +191,10 @@ impl Engine {
         self.storage.name()
     }
 
-    /// Flushes and closes the backend.
+    /// Stops garbage collection (waiting for a round in progress), then flushes and closes
+    /// the backend.
     pub async fn close(&self) -> Result<(), StorageError> {
+        self.gc.stop().await;
         self.storage.close().await
     }
 
@@ -199,7 +220,7 @@ impl Engine {
             id: self.new_txn_id(),
             engine: self.clone(),
             pin: None,
-            now_ms: clock::wall_ms(),
+            now_ms: self.snapshots.lock().start_clock(),
             writes: HashMap::new(),
             write_bytes: 0,
             reads: HashMap::new(),
@@ -223,44 +244,66 @@ impl Engine {
         }
     }
 
+    /// Whether a key watched in `state` had no commit since, given its `latest` version now.
+    ///
+    /// A watch holds no pin, so a key that garbage collection removed since (`latest` is
+    /// `None`) is known unchanged only if the commit record of the watched version is still
+    /// stored: the key is removed only when no other stored record lists it, so the removed
+    /// version was the watched one. Otherwise the watch fails (conservatively).
+    fn unchanged_since_watch(&self, latest: Option<VersionId>, state: &WatchState) -> bool {
+        match (latest, state.version) {
+            (None, Some(watched)) => self.commit_of(watched.txn) == Some(watched),
+            _ => latest == state.version,
+        }
+    }
+
     /// Waits until some commit is published, or `timeout` passes.
     pub async fn wait_for_publication(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.published.notified()).await;
     }
 
     fn pin(&self) -> u64 {
-        let mut pins = self.pins.lock();
+        let mut snapshots = self.snapshots.lock();
+        // Read under the lock: a round computing its watermark sees this pin, or a
+        // sequence number no greater than it.
         let pin = self.seq.load(Ordering::Acquire);
-        *pins.entry(pin).or_insert(0) += 1;
+        snapshots.pin(pin);
         pin
     }
 
-    fn unpin(&self, pin: u64) {
-        let mut pins = self.pins.lock();
-        if let Some(n) = pins.get_mut(&pin) {
-            *n -= 1;
-            if *n == 0 {
-                pins.remove(&pin);
-            }
+    /// Releases what a transaction registered: its pin, if it took one, and its clock.
+    fn release(&self, pin: Option<u64>, now_ms: u64) {
+        let mut snapshots = self.snapshots.lock();
+        if let Some(pin) = pin {
+            snapshots.unpin(pin);
         }
+        snapshots.stop_clock(now_ms);
     }
 
-    /// Makes a durable commit visible: every version at one new sequence number.
-    fn publish(&self, id: VersionId, writes: &[WriteMeta], values: Vec<Option<Bytes>>) {
+    /// Makes a durable commit visible: every version at one new sequence number. The commit
+    /// record is tracked for garbage collection first, and the versions the insertion
+    /// supersedes become garbage.
+    fn publish(
+        &self,
+        id: VersionId,
+        writes: &[WriteMeta],
+        values: Vec<Option<Bytes>>,
+        idempotent: bool,
+    ) {
         let _order = self.publish_lock.lock();
+        self.gc.tracker.lock().track(
+            id,
+            writes.iter().map(|w| w.key.clone()).collect(),
+            idempotent,
+            std::time::Instant::now(),
+        );
         let current = self.seq.load(Ordering::Acquire);
         let seq = current + 1;
         // No transaction pinned now or later can pin below min_pin.
-        let min_pin = self
-            .pins
-            .lock()
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(current)
-            .min(current);
+        let min_pin = self.snapshots.lock().min_pin(current);
+        let mut dropped = Vec::new();
         for (w, value) in writes.iter().zip(values) {
-            self.index.insert(
+            dropped.extend(self.index.insert(
                 w.key.clone(),
                 VersionMeta {
                     id,
@@ -270,10 +313,16 @@ impl Engine {
                     value,
                 },
                 min_pin,
-            );
+            ));
         }
         self.seq.store(seq, Ordering::Release);
         drop(_order);
+        if !dropped.is_empty() {
+            self.gc
+                .tracker
+                .lock()
+                .discard(dropped, std::time::Instant::now());
+        }
         self.published.notify_waiters();
     }
 
@@ -341,9 +390,7 @@ pub struct Txn {
 
 impl Drop for Txn {
     fn drop(&mut self) {
-        if let Some(pin) = self.pin.take() {
-            self.engine.unpin(pin);
-        }
+        self.engine.release(self.pin.take(), self.now_ms);
     }
 }
 
@@ -361,7 +408,7 @@ impl Txn {
     /// Moves the transaction's clock to now: an interactive transaction that lives for a
     /// while evaluates expiry at the time of each command.
     pub fn touch_clock(&mut self) {
-        self.now_ms = self.now_ms.max(clock::wall_ms());
+        self.now_ms = self.engine.snapshots.lock().move_clock(self.now_ms);
     }
 
     /// The time commands of this transaction run at (ms since the epoch).
@@ -423,13 +470,16 @@ impl Txn {
         keys: impl IntoIterator<Item = &'k Bytes>,
     ) -> Result<(), TxnError> {
         let mut wanted = Vec::new();
+        let now = self.now_ms;
         for key in keys {
             if self.writes.contains_key(key) {
                 continue;
             }
             let read = self.read_meta(key);
             if !read.loaded {
-                if let Some(m) = &read.meta {
+                // Only live versions: garbage collection may delete the value of a version
+                // that every running transaction considers expired.
+                if let Some(m) = read.meta.as_ref().filter(|m| m.is_live(now)) {
                     wanted.push(VersionKey {
                         key: key.clone(),
                         version: m.id,
@@ -616,13 +666,18 @@ impl Txn {
             for (key, state) in watches {
                 let latest = engine.index.latest(key);
                 let expired_since = state.live_until.is_some_and(|at| at != 0 && at <= now);
-                if latest != state.version || expired_since || inflight.contains_key(key) {
+                if !engine.unchanged_since_watch(latest, state)
+                    || expired_since
+                    || inflight.contains_key(key)
+                {
                     engine.stats.watch_failures.fetch_add(1, Ordering::Relaxed);
                     return Err(TxnError::WatchFailed);
                 }
             }
             for (key, version) in &self.checks {
-                if engine.index.latest(key) != *version || inflight.contains_key(key) {
+                if !unchanged_since_read(engine.index.latest(key), *version)
+                    || inflight.contains_key(key)
+                {
                     engine.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     return Err(TxnError::Conflict);
                 }
@@ -672,6 +727,15 @@ impl Txn {
                 }
             }
         }
+        let idempotent = self.idempotency_key.is_some();
+        // Versions to reclaim if the commit certainly created no record.
+        let orphans: Vec<VersionKey> = versions
+            .iter()
+            .map(|(key, _)| VersionKey {
+                key: key.clone(),
+                version: id,
+            })
+            .collect();
         let batch = CommitBatch {
             versions,
             record: CommitRecord {
@@ -686,13 +750,20 @@ impl Txn {
             let outcome = engine.storage.commit(batch).await;
             let result = match outcome {
                 Ok(CommitOutcome::Committed) => {
-                    engine.publish(id, &metas, cached);
+                    engine.publish(id, &metas, cached, idempotent);
                     engine.stats.commits.fetch_add(1, Ordering::Relaxed);
                     Ok(Some(id))
                 }
-                Ok(CommitOutcome::Duplicate(existing)) => Err(TxnError::Duplicate(existing)),
+                Ok(CommitOutcome::Duplicate(existing)) => {
+                    engine.gc.tracker.lock().orphans(orphans);
+                    Err(TxnError::Duplicate(existing))
+                }
                 Err(e) => {
                     engine.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
+                    // Only an unknown outcome may have created the record.
+                    if !matches!(e, StorageError::OutcomeUnknown(_)) {
+                        engine.gc.tracker.lock().orphans(orphans);
+                    }
                     Err(TxnError::Storage(e))
                 }
             };
@@ -702,6 +773,18 @@ impl Txn {
         task.await
             .map_err(|e| TxnError::Internal(format!("commit task failed: {e}")))?
     }
+}
+
+/// Whether a key read (at `read`) by a still-pinned transaction had no commit since, given
+/// its `latest` version now.
+///
+/// `latest == None` after reading a version means garbage collection removed the key, which
+/// it does only when the key's sole version is dead for every running transaction and
+/// visible to every pin. While the reader is pinned, the version it read stays in the index
+/// until it is that sole version, and a commit after the removal shows as a new latest
+/// version: so the key had no commit since the read.
+fn unchanged_since_read(latest: Option<VersionId>, read: Option<VersionId>) -> bool {
+    latest == read || latest.is_none()
 }
 
 fn entry_size(entry: &Entry) -> usize {

@@ -111,6 +111,11 @@ impl Process {
     pub fn spawn(data_dir: &Path, args: &[&str]) -> Process {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        Self::spawn_at(data_dir, addr, args)
+    }
+
+    /// Like [`Process::spawn`], on a given address (to restart where clients reconnect).
+    pub fn spawn_at(data_dir: &Path, addr: SocketAddr, args: &[&str]) -> Process {
         let child = Command::new(env!("CARGO_BIN_EXE_aft"))
             .arg("serve")
             .arg("--listen")

@@ -10,4 +10,5 @@ mod differential;
 mod gc;
 mod harness;
 mod interactive;
+mod recovery;
 mod wire;
