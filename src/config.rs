@@ -49,6 +49,9 @@ pub struct Config {
     pub idempotency_retention_secs: u64,
     /// How often garbage collection runs, in ms.
     pub gc_interval_ms: u64,
+    /// How long the commit record of a transaction without idempotency key is kept after
+    /// its versions are collected, in seconds (AFT.STATUS txid answers `committed` meanwhile).
+    pub status_retention_secs: u64,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             max_open_txn_bytes: 1 << 30,
             idempotency_retention_secs: 86_400,
             gc_interval_ms: 1_000,
+            status_retention_secs: 60,
         }
     }
 }

@@ -280,7 +280,7 @@ async fn serve(config: Config) -> Result<(), String> {
             idempotency_retention: std::time::Duration::from_secs(
                 config.idempotency_retention_secs,
             ),
-            ..EngineConfig::default()
+            status_retention: std::time::Duration::from_secs(config.status_retention_secs),
         },
     )
     .await

@@ -22,6 +22,7 @@ const SECTIONS: &[&str] = &[
     "persistence",
     "stats",
     "transactions",
+    "gc",
     "replication",
     "keyspace",
 ];
@@ -75,6 +76,23 @@ impl Context {
                 self.config.max_clients,
                 get(&self.rejected),
             ),
+            "gc" => {
+                let g = engine.gc_gauges();
+                write!(
+                    out,
+                    "# GC\r\naft_versions_live:{}\r\naft_commit_records:{}\r\naft_commit_records_retained:{}\r\naft_versions_pending_deletion:{}\r\naft_versions_collected:{}\r\naft_commits_collected:{}\r\naft_keys_removed:{}\r\naft_orphans_reclaimed:{}\r\naft_gc_runs:{}\r\naft_gc_errors:{}\r\n",
+                    g.versions,
+                    g.commits,
+                    g.retained_commits,
+                    g.pending_versions,
+                    get(&stats.versions_collected),
+                    get(&stats.commits_collected),
+                    get(&stats.keys_removed),
+                    get(&stats.orphans_reclaimed),
+                    get(&stats.gc_runs),
+                    get(&stats.gc_errors),
+                )
+            }
             "memory" => {
                 let (versions, cached) = engine.memory_stats();
                 write!(

@@ -376,7 +376,14 @@ pub struct GcReport {
     pub commits_deleted: usize,
     /// Storage calls that failed (their work is retried next round).
     pub errors: usize,
+    /// Orphan versions (of commits that never got a record) the backend reclaimed.
+    pub orphans_reclaimed: u64,
 }
+
+/// How often a round also asks the backend to reclaim orphan versions.
+pub const ORPHAN_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// Orphans younger than this are left alone: their commit may still be in flight.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 
 /// Sizes of what garbage collection tracks, for INFO and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -394,8 +401,8 @@ pub struct GcGauges {
 /// The collector state an [`Engine`] holds.
 pub(crate) struct Collector {
     pub(crate) tracker: Mutex<Tracker>,
-    /// Serialises rounds.
-    round: tokio::sync::Mutex<()>,
+    /// Serialises rounds; holds when orphans were last looked for.
+    round: tokio::sync::Mutex<Option<Instant>>,
     stop: Arc<Notify>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -404,7 +411,7 @@ impl Collector {
     pub(crate) fn new(idempotency_retention: Duration, status_retention: Duration) -> Self {
         Collector {
             tracker: Mutex::new(Tracker::new(idempotency_retention, status_retention)),
-            round: tokio::sync::Mutex::new(()),
+            round: tokio::sync::Mutex::new(None),
             stop: Arc::new(Notify::new()),
             task: Mutex::new(None),
         }
@@ -467,8 +474,21 @@ impl Engine {
     /// commit records whose retention ended. Storage errors are logged and counted; what
     /// failed is retried by the next round. Rounds do not overlap.
     pub async fn collect_garbage(&self) -> GcReport {
-        let _round = self.gc.round.lock().await;
+        let mut round = self.gc.round.lock().await;
         let mut report = GcReport::default();
+        if round.is_none_or(|last| last.elapsed() >= ORPHAN_CHECK_INTERVAL) {
+            *round = Some(Instant::now());
+            match self.storage.reclaim_orphans(ORPHAN_GRACE).await {
+                Ok(n) => {
+                    report.orphans_reclaimed = n;
+                    self.stats.orphans_reclaimed.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "garbage collection: cannot reclaim orphan versions; will retry");
+                    report.errors += 1;
+                }
+            }
+        }
         let mark = self.watermark();
         sweep(&self.index, &self.gc.tracker, mark, &mut report);
         self.stats

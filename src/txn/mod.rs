@@ -74,7 +74,7 @@ impl Default for EngineConfig {
             cache_bytes: 256 << 20,
             gc_interval: Duration::from_secs(1),
             idempotency_retention: Duration::from_secs(24 * 3600),
-            status_retention: Duration::from_secs(600),
+            status_retention: Duration::from_secs(60),
         }
     }
 }
@@ -106,6 +106,8 @@ pub struct Stats {
     pub gc_runs: AtomicU64,
     /// Storage calls of garbage collection that failed (retried later).
     pub gc_errors: AtomicU64,
+    /// Orphan versions (written by commits that never got a commit record) reclaimed.
+    pub orphans_reclaimed: AtomicU64,
 }
 
 /// What WATCH remembers about a key: the version it had and until when it was live.

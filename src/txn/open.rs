@@ -363,6 +363,9 @@ impl OpenTxns {
             if status != Status::Unknown {
                 return Ok(status);
             }
+            if let Some(version) = self.engine.commit_of(id) {
+                return Ok(Status::Committed(version));
+            }
         }
         match self.engine.storage.find_idempotent(arg.clone()).await? {
             Some(version) => Ok(Status::Committed(version)),
