@@ -2,8 +2,12 @@
 //! overridden by command-line flags and environment variables.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::storage::dynamodb::DynamoDbOptions;
+use crate::storage::redis::RedisOptions;
 
 /// Everything that can be configured. Field names are the TOML keys.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -12,7 +16,12 @@ pub struct Config {
     /// Address to accept RESP clients on.
     pub listen: String,
     /// Storage backend: `embedded` (on disk, the default), `memory` (nothing survives a
-    /// restart; for tests and experiments).
+    /// restart; for tests and experiments), `dynamodb://TABLE?region=R[&endpoint=URL]
+    /// [&create_table=true]` (see [`DynamoDbOptions::from_url`] for every option), or a Redis
+    /// URL: `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS),
+    /// `redis-cluster://host:port[,host:port…]` (Redis Cluster; the other nodes are
+    /// discovered), with `?prefix=…&timeout_ms=…&pool=…&idempotency_ttl=…` (see
+    /// [`RedisOptions::parse`]).
     pub backend: String,
     /// Directory of the embedded backend's data.
     pub data_dir: PathBuf,
@@ -111,6 +120,11 @@ pub enum BackendKind {
     Embedded,
     /// In memory only.
     Memory,
+    /// A DynamoDB table.
+    DynamoDb(DynamoDbOptions),
+    /// A Redis server or Redis Cluster. Unless the URL sets `idempotency_ttl`, it is
+    /// `idempotency_retention_secs` plus an hour.
+    Redis(RedisOptions),
 }
 
 impl Config {
@@ -146,8 +160,23 @@ impl Config {
         match self.backend.as_str() {
             "embedded" => Ok(BackendKind::Embedded),
             "memory" => Ok(BackendKind::Memory),
+            url if url.starts_with("dynamodb://") => DynamoDbOptions::from_url(url)
+                .map(BackendKind::DynamoDb)
+                .map_err(|e| ConfigError::Invalid(format!("backend {url}: {e}"))),
+            url if RedisOptions::is_redis_url(url) => {
+                let mut options = RedisOptions::parse(url)
+                    .map_err(|e| ConfigError::Invalid(format!("invalid Redis backend URL: {e}")))?;
+                if options.idempotency_ttl.is_none() {
+                    options.idempotency_ttl = Some(Duration::from_secs(
+                        self.idempotency_retention_secs.saturating_add(3_600),
+                    ));
+                }
+                Ok(BackendKind::Redis(options))
+            }
             other => Err(ConfigError::Invalid(format!(
-                "unknown backend '{other}' (expected 'embedded' or 'memory')"
+                "unknown backend '{other}' (expected 'embedded', 'memory', \
+                 'dynamodb://TABLE?…', or a redis://, rediss://, redis-cluster:// or \
+                 rediss-cluster:// URL)"
             ))),
         }
     }
@@ -172,5 +201,63 @@ mod tests {
         let config = Config::from_toml("backend = \"memory\"\nlisten = \"0.0.0.0:1\"").unwrap();
         assert_eq!(config.backend_kind().unwrap(), BackendKind::Memory);
         assert_eq!(config.listen, "0.0.0.0:1");
+    }
+
+    #[test]
+    fn dynamodb_urls_are_parsed() {
+        let config = Config::from_toml(
+            "backend = \"dynamodb://aft?endpoint=http://127.0.0.1:8000&region=us-east-1&create_table=true\"",
+        )
+        .unwrap();
+        let BackendKind::DynamoDb(options) = config.backend_kind().unwrap() else {
+            panic!("not dynamodb");
+        };
+        assert_eq!(options.table, "aft");
+        assert_eq!(options.region.as_deref(), Some("us-east-1"));
+        assert_eq!(options.endpoint.as_deref(), Some("http://127.0.0.1:8000"));
+        assert!(options.create_table);
+        let config = Config::from_toml("backend = \"dynamodb://aft?bogus=1\"").unwrap();
+        let error = config.backend_kind().unwrap_err().to_string();
+        assert!(error.contains("bogus"), "{error}");
+        let text = include_str!("../conf/dynamodb.toml");
+        let config = Config::from_toml(text).unwrap();
+        assert!(matches!(
+            config.backend_kind().unwrap(),
+            BackendKind::DynamoDb(_)
+        ));
+    }
+
+    #[test]
+    fn redis_urls_are_backends() {
+        let mut config = Config {
+            backend: "redis://127.0.0.1:6379/2?prefix=x:".into(),
+            ..Config::default()
+        };
+        let BackendKind::Redis(options) = config.backend_kind().unwrap() else {
+            panic!("not a Redis backend");
+        };
+        assert_eq!(options.database, 2);
+        assert_eq!(options.prefix, "x:");
+        assert_eq!(
+            options.idempotency_ttl,
+            Some(Duration::from_secs(86_400 + 3_600))
+        );
+        config.backend = "redis-cluster://a:1,b:2?idempotency_ttl=10".into();
+        let BackendKind::Redis(options) = config.backend_kind().unwrap() else {
+            panic!("not a Redis backend");
+        };
+        assert_eq!(options.idempotency_ttl, Some(Duration::from_secs(10)));
+        config.backend = "redis://a?pool=0".into();
+        let err = config.backend_kind().unwrap_err().to_string();
+        assert!(err.contains("pool"), "{err}");
+        let text = include_str!("../conf/redis.toml");
+        let config_file = Config::from_toml(text).unwrap();
+        assert!(matches!(
+            config_file.backend_kind().unwrap(),
+            BackendKind::Redis(_)
+        ));
+        config.backend = "cassandra://x".into();
+        let err = config.backend_kind().unwrap_err().to_string();
+        assert!(err.contains("unknown backend 'cassandra://x'"), "{err}");
     }
 }

@@ -9,8 +9,10 @@ use tokio::net::TcpListener;
 
 use aft::config::{BackendKind, Config};
 use aft::server::{self, Context};
+use aft::storage::dynamodb::DynamoDbStorage;
 use aft::storage::embedded::{EmbeddedOptions, EmbeddedStorage};
 use aft::storage::memory::MemoryStorage;
+use aft::storage::redis::RedisStorage;
 use aft::storage::Storage;
 use aft::txn::{Engine, EngineConfig};
 
@@ -94,7 +96,9 @@ struct ServeArgs {
     /// Address to listen on, HOST:PORT (port 0 picks a free one).
     #[arg(long, env = "AFT_LISTEN")]
     listen: Option<String>,
-    /// Storage backend: embedded | memory.
+    /// Storage backend: embedded | memory | dynamodb://TABLE?region=R[&endpoint=URL][&create_table=true]
+    /// | redis://[user:pass@]host:port[/db] | rediss://… | redis-cluster://host:port[,host:port…]
+    /// (Redis options: ?prefix=…&timeout_ms=…&pool=…&idempotency_ttl=…).
     #[arg(long, env = "AFT_BACKEND")]
     backend: Option<String>,
     /// Data directory of the embedded backend.
@@ -271,6 +275,23 @@ async fn serve(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot open the embedded backend: {e}"))?,
         ),
         BackendKind::Memory => Arc::new(MemoryStorage::new()),
+        BackendKind::DynamoDb(mut options) => {
+            // The TTL of idempotency entries is a backstop: well past the retention.
+            options.idempotency_ttl = std::time::Duration::from_secs(
+                config.idempotency_retention_secs.saturating_add(7 * 86_400),
+            );
+            let table = options.table.clone();
+            Arc::new(
+                DynamoDbStorage::connect(options)
+                    .await
+                    .map_err(|e| format!("cannot open DynamoDB table {table}: {e}"))?,
+            )
+        }
+        BackendKind::Redis(options) => Arc::new(
+            RedisStorage::connect(&options)
+                .await
+                .map_err(|e| format!("cannot open the Redis backend: {e}"))?,
+        ),
     };
     let engine = Engine::open(
         storage,

@@ -40,9 +40,11 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod dynamodb;
 pub mod embedded;
 pub mod fault;
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::future::Future;

@@ -234,7 +234,11 @@ impl Engine {
     /// Records the current state of `key` for WATCH.
     pub fn watch(&self, key: &[u8]) -> WatchState {
         let now = clock::wall_ms();
-        match self.index.latest_meta(key) {
+        // The newest *published* version: a commit being published right now is already in
+        // the index but not yet readable, and a watch that recorded it could let EXEC pass
+        // after its client read the version before it (a lost update).
+        let published = self.seq.load(Ordering::Acquire);
+        match self.index.visible(key, published) {
             None => WatchState {
                 version: None,
                 live_until: None,
@@ -807,4 +811,87 @@ fn random_u64() -> u64 {
     );
     h.write_u32(std::process::id());
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryStorage;
+
+    async fn engine() -> Arc<Engine> {
+        let config = EngineConfig {
+            gc_interval: Duration::ZERO,
+            ..EngineConfig::default()
+        };
+        Engine::open(Arc::new(MemoryStorage::new()), config)
+            .await
+            .unwrap()
+    }
+
+    async fn set(engine: &Arc<Engine>, key: &'static [u8], value: &'static [u8]) -> VersionId {
+        let mut txn = engine.begin();
+        txn.put(
+            Bytes::from_static(key),
+            Entry::string(Bytes::from_static(value)),
+        );
+        txn.commit(&HashMap::new()).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn watch_ignores_a_version_still_being_published() {
+        let engine = engine().await;
+        let first = set(&engine, b"k", b"1").await;
+        // A commit half way through publication: in the index, sequence not yet visible.
+        let pending = VersionId {
+            ts: engine.clock.tick(),
+            txn: engine.new_txn_id(),
+        };
+        let next_seq = engine.seq.load(Ordering::Acquire) + 1;
+        engine.index.insert(
+            Bytes::from_static(b"k"),
+            VersionMeta {
+                id: pending,
+                seq: next_seq,
+                kind: Kind::String,
+                expire_at: 0,
+                value: Some(Bytes::from_static(b"2")),
+            },
+            0,
+        );
+        // A client that WATCHes now and then reads sees the first version...
+        let state = engine.watch(b"k");
+        assert_eq!(state.version, Some(first));
+        let mut reader = engine.begin();
+        let read = reader
+            .get(&Bytes::from_static(b"k"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.value, Value::Str(Bytes::from_static(b"1")));
+        // ...so its EXEC must fail once the pending version is there, not write 1 + 1.
+        let mut writer = engine.begin();
+        writer.put(
+            Bytes::from_static(b"k"),
+            Entry::string(Bytes::from_static(b"2")),
+        );
+        let watches = HashMap::from([(Bytes::from_static(b"k"), state)]);
+        assert!(matches!(
+            writer.commit(&watches).await,
+            Err(TxnError::WatchFailed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn watch_passes_when_nothing_changed() {
+        let engine = engine().await;
+        set(&engine, b"k", b"1").await;
+        let state = engine.watch(b"k");
+        let mut writer = engine.begin();
+        writer.put(
+            Bytes::from_static(b"k"),
+            Entry::string(Bytes::from_static(b"2")),
+        );
+        let watches = HashMap::from([(Bytes::from_static(b"k"), state)]);
+        assert!(writer.commit(&watches).await.unwrap().is_some());
+    }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs real Redis client libraries against a real aft process: redis-py 8 (RESP3 by
 # default), ioredis 6 and redis-cli. Installs the clients into target/clients on first use.
-# Usage: tests/clients/run.sh PATH_TO_AFT_BINARY
+# Usage: [AFT_TEST_BACKEND=dynamodb] tests/clients/run.sh PATH_TO_AFT_BINARY
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -20,9 +20,22 @@ fi
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 data=$(mktemp -d)
-"$aft" serve --listen "127.0.0.1:$port" --data-dir "$data" --log warn &
+backend=()
+emulator_pid=
+# AFT_TEST_BACKEND=dynamodb: aft on a DynamoDB emulator (the dynamodb_emulator example, built
+# next to the binary by `cargo build --all-targets`) on a free loopback port.
+if [[ ${AFT_TEST_BACKEND:-} == dynamodb ]]; then
+  emulator=$(dirname "$aft")/examples/dynamodb_emulator
+  coproc EMULATOR { exec "$emulator" 0; }
+  emulator_pid=$EMULATOR_PID
+  read -r -t 30 line <&"${EMULATOR[0]}" || { echo "the DynamoDB emulator did not start" >&2; exit 1; }
+  endpoint=${line#listening on }
+  backend=(--backend "dynamodb://aft?endpoint=$endpoint&region=us-east-1&create_table=true")
+  echo "clients: aft on DynamoDB (emulator at $endpoint)"
+fi
+"$aft" serve --listen "127.0.0.1:$port" --data-dir "$data" --log warn "${backend[@]}" &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data"' EXIT
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; [[ -n $emulator_pid ]] && kill $emulator_pid 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 1 200); do
   redis-cli -p "$port" ping >/dev/null 2>&1 && break
   sleep 0.05

@@ -1,6 +1,7 @@
 //! Crash test of the real binary: `aft serve` over the embedded backend (fsync on, garbage
 //! collection every 10 ms) is killed with SIGKILL under concurrent multi-key MULTI/EXEC load,
-//! restarted on the same data directory, and checked:
+//! restarted on the same data directory, and checked (and the same over DynamoDB, against an
+//! emulator in the test process that outlives each `aft`):
 //!
 //! * durability: every acknowledged transaction is still there (each key shows its last
 //!   acknowledged writer or a later one whose outcome the client never learned);
@@ -29,7 +30,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::task::JoinHandle;
 
 use crate::core_props::{seed_override, Rng};
-use crate::harness::Process;
+use crate::harness::{Emulator, Process};
 
 const WRITERS: usize = 6;
 const READERS: usize = 2;
@@ -404,6 +405,26 @@ fn count(shared: &Shared, state: State) -> usize {
 
 #[test]
 fn acknowledged_transactions_survive_kill_9_whole() {
+    kill_9_under_load(&[]);
+}
+
+/// The same on the DynamoDB backend: the emulator runs in this process (on a runtime of its
+/// own) and outlives every `aft` child that is killed and restarted on the same table.
+#[test]
+fn acknowledged_transactions_survive_kill_9_whole_on_dynamodb() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("emulator runtime");
+    let emulator = runtime.block_on(Emulator::start());
+    kill_9_under_load(&["--backend", &emulator.url("aft-crash")]);
+    drop(emulator);
+}
+
+/// Runs the load, kills and restarts `aft serve` (with `backend_args` added) and checks the
+/// states it finds after each restart.
+fn kill_9_under_load(backend_args: &[&str]) {
     let seed = seed_override().unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -436,7 +457,8 @@ fn acknowledged_transactions_survive_kill_9_whole() {
     let conf = conf_dir.path().join("aft.toml");
     std::fs::write(&conf, "gc_interval_ms = 10\n").expect("write config");
     let conf = conf.to_str().expect("utf-8 path");
-    let args = ["--config", conf];
+    let mut args = vec!["--config", conf];
+    args.extend_from_slice(backend_args);
     let shared = Arc::new(Shared {
         clock: AtomicU64::new(0),
         txns: Mutex::new(Txns::new()),

@@ -10,30 +10,90 @@ use std::time::{Duration, Instant};
 
 use aft::config::Config;
 use aft::server::{self, Context};
+use aft::storage::dynamodb::{CredentialSource, DynamoDbOptions, DynamoDbStorage};
 use aft::storage::embedded::{EmbeddedOptions, EmbeddedStorage};
 use aft::storage::memory::MemoryStorage;
+use aft::storage::redis::{RedisOptions, RedisStorage};
 use aft::storage::Storage;
 use aft::txn::{Engine, EngineConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use crate::redis_process::RedisServer;
+use crate::redis_process::{shared_cluster, unique_prefix, RedisCluster};
+
 /// A server running inside the test process.
 pub struct TestServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// What the backend needs to stay up, dropped after the server.
+    _backend: BackendGuard,
+}
+
+/// What a test server's backend needs to stay up.
+pub enum BackendGuard {
+    /// Nothing (memory, embedded).
+    None,
+    /// A DynamoDB emulator of its own.
+    Emulator(Emulator),
+    /// A redis-server of its own.
+    Redis(RedisServer),
+    /// The Redis Cluster shared by the servers running at the same time.
+    RedisCluster(Arc<RedisCluster>),
+}
+
+/// The backend [`TestServer::start`] and [`TestServer::with_config`] use, from
+/// `AFT_TEST_BACKEND`: `memory` (the default), `dynamodb` (a DynamoDB emulator inside the
+/// test process, one per server), `redis` (a redis-server of its own on a free loopback port)
+/// or `redis-cluster` (a 3-master Redis Cluster shared by the servers that run at the same
+/// time, each under a key prefix of its own). Tests of a specific backend name it themselves.
+pub fn test_backend() -> String {
+    std::env::var("AFT_TEST_BACKEND").unwrap_or_else(|_| "memory".into())
 }
 
 impl TestServer {
-    /// A server over the memory backend with default configuration.
+    /// A server over the test backend (see [`test_backend`]) with default configuration.
     pub async fn start() -> TestServer {
-        Self::with_storage(Arc::new(MemoryStorage::new()), Config::default()).await
+        Self::with_config(Config::default()).await
     }
 
-    /// A server over the memory backend with `config`.
+    /// A server over the test backend (see [`test_backend`]) with `config`.
     pub async fn with_config(config: Config) -> TestServer {
-        Self::with_storage(Arc::new(MemoryStorage::new()), config).await
+        match test_backend().as_str() {
+            "memory" => Self::with_storage(Arc::new(MemoryStorage::new()), config).await,
+            "dynamodb" => {
+                let emulator = Emulator::start().await;
+                let storage = DynamoDbStorage::connect(emulator.options("aft"))
+                    .await
+                    .expect("connect to the DynamoDB emulator");
+                let mut server = Self::with_storage(Arc::new(storage), config).await;
+                server._backend = BackendGuard::Emulator(emulator);
+                server
+            }
+            "redis" => {
+                let redis = tokio::task::spawn_blocking(RedisServer::start)
+                    .await
+                    .expect("start redis-server");
+                let url = format!("redis://127.0.0.1:{}", redis.port);
+                let mut server = Self::with_storage(redis_storage(&url).await, config).await;
+                server._backend = BackendGuard::Redis(redis);
+                server
+            }
+            "redis-cluster" => {
+                let cluster = tokio::task::spawn_blocking(shared_cluster)
+                    .await
+                    .expect("start the redis cluster");
+                let url = cluster.url(&format!("?prefix={}", unique_prefix()));
+                let mut server = Self::with_storage(redis_storage(&url).await, config).await;
+                server._backend = BackendGuard::RedisCluster(cluster);
+                server
+            }
+            other => panic!(
+                "AFT_TEST_BACKEND={other}: expected memory, dynamodb, redis or redis-cluster"
+            ),
+        }
     }
 
     /// A server over the embedded backend in `dir`.
@@ -59,6 +119,7 @@ impl TestServer {
             addr,
             stop: Some(stop),
             task: Some(task),
+            _backend: BackendGuard::None,
         }
     }
 
@@ -72,11 +133,17 @@ impl TestServer {
         format!("redis://{}/?protocol=resp3", self.addr)
     }
 
-    /// A multiplexed async connection of the `redis` crate.
+    /// A multiplexed async connection of the `redis` crate. Over a networked backend a commit
+    /// takes a round trip to it, so a long pipeline needs more than the crate's default
+    /// 500 ms response timeout.
     pub async fn client(&self) -> redis::aio::MultiplexedConnection {
+        let mut config = redis::AsyncConnectionConfig::new();
+        if test_backend() != "memory" {
+            config = config.set_response_timeout(Some(Duration::from_secs(120)));
+        }
         redis::Client::open(self.url())
             .expect("client")
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("connect")
     }
@@ -174,42 +241,72 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// A redis-server on a free loopback port, stopped on drop.
-pub struct RedisServer {
-    child: Child,
-    pub port: u16,
+/// Connects the Redis backend at `url`.
+pub async fn redis_storage(url: &str) -> Arc<dyn Storage> {
+    let options = RedisOptions::parse(url).expect("redis url");
+    Arc::new(
+        RedisStorage::connect(&options)
+            .await
+            .expect("connect to redis"),
+    )
 }
 
-impl RedisServer {
-    /// Starts one (no persistence) and waits until it accepts clients.
-    pub fn start() -> RedisServer {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (make deps installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
+/// A DynamoDB emulator (dynoxide, in memory) serving on a loopback port from inside the test
+/// process, on the runtime that started it; stopped on drop.
+pub struct Emulator {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Emulator {
+    /// Starts one on a free port.
+    pub async fn start() -> Emulator {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind emulator");
+        let addr = listener.local_addr().expect("emulator address");
+        let db = dynoxide::Database::memory().expect("emulator database");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = dynoxide::server::serve_with_shutdown(listener, db, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Emulator {
+            endpoint: format!("http://{addr}"),
+            stop: Some(stop),
         }
-        RedisServer { child, port }
+    }
+
+    /// Options for `table` on this emulator (created if missing; static credentials).
+    pub fn options(&self, table: &str) -> DynamoDbOptions {
+        DynamoDbOptions {
+            region: Some("us-east-1".into()),
+            endpoint: Some(self.endpoint.clone()),
+            create_table: true,
+            credentials: CredentialSource::Static {
+                access_key_id: "test".into(),
+                secret_access_key: "test".into(),
+            },
+            ..DynamoDbOptions::new(table)
+        }
+    }
+
+    /// The `--backend` URL of `table` on this emulator, for `aft serve`.
+    pub fn url(&self, table: &str) -> String {
+        format!(
+            "dynamodb://{table}?endpoint={}&region=us-east-1&create_table=true",
+            self.endpoint
+        )
     }
 }
 
-impl Drop for RedisServer {
+impl Drop for Emulator {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
