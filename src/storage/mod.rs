@@ -45,6 +45,7 @@ pub mod embedded;
 pub mod fault;
 pub mod memory;
 pub mod redis;
+mod url;
 
 use std::fmt;
 use std::future::Future;

@@ -89,6 +89,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+
+use super::url::percent_decode;
 use fred::clients::{Client, Pool};
 use fred::error::{Error as FredError, ErrorKind};
 use fred::interfaces::{ClientLike, EventInterface};
@@ -362,28 +364,6 @@ fn parse_host_port(part: &str) -> Result<(String, u16), String> {
             .ok_or_else(|| format!("invalid port in '{part}'"))?,
     };
     Ok((host.to_owned(), port))
-}
-
-/// Decodes `%XX` escapes (the result must be UTF-8).
-fn percent_decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("invalid percent escape in '{text}'"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("'{text}' does not decode to UTF-8"))
 }
 
 // ---------------------------------------------------------------------------------------------
