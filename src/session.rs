@@ -28,6 +28,9 @@ use crate::txn::{TxnError, WatchState};
 /// follows, so that clients enable the features they would with that Redis.
 pub const REDIS_VERSION: &str = "7.0.15";
 
+/// Most pipelined data commands run as one transaction.
+const MAX_GROUP: usize = 256;
+
 /// How long an autocommit or MULTI transaction keeps retrying after write conflicts.
 const CONFLICT_RETRY_LIMIT: Duration = Duration::from_secs(10);
 
@@ -100,6 +103,116 @@ impl Session {
         self.ctx.commands.fetch_add(1, Ordering::Relaxed);
         let reply = self.dispatch(args).await;
         if !self.silent {
+            reply.encode(self.protocol, out);
+        }
+    }
+
+    /// Runs a pipelined batch of requests, appending their replies to `out` in order.
+    ///
+    /// Consecutive data commands outside MULTI and interactive transactions are run as
+    /// one transaction with one commit ("group commit" of a pipeline): each still gets its
+    /// own reply, errors included, and the result is the same as running them one after
+    /// the other with no other commit in between, which every client may observe anyway.
+    /// It saves a backend round trip per write. Stops early after QUIT or SHUTDOWN.
+    pub async fn handle_batch(&mut self, requests: Vec<Vec<Bytes>>, out: &mut BytesMut) {
+        let mut group: Vec<Command> = Vec::new();
+        for args in requests {
+            if self.closing {
+                break;
+            }
+            if self.groupable(&args) {
+                match cmd::parse(args) {
+                    Ok(Command::Server(id, args)) => {
+                        if !group.is_empty() {
+                            self.run_group(std::mem::take(&mut group), out).await;
+                        }
+                        self.ctx.commands.fetch_add(1, Ordering::Relaxed);
+                        let reply = self.server(id, &args).await;
+                        if !self.silent {
+                            reply.encode(self.protocol, out);
+                        }
+                    }
+                    Ok(command) => {
+                        group.push(command);
+                        if group.len() >= MAX_GROUP {
+                            self.run_group(std::mem::take(&mut group), out).await;
+                        }
+                    }
+                    // Not reached: `groupable` checked the name and the arity.
+                    Err(e) => e.reply().encode(self.protocol, out),
+                }
+                continue;
+            }
+            if !group.is_empty() {
+                self.run_group(std::mem::take(&mut group), out).await;
+            }
+            self.handle(args, out).await;
+        }
+        if !group.is_empty() {
+            self.run_group(group, out).await;
+        }
+    }
+
+    /// Whether `args` is a well-formed command in autocommit mode: data commands among
+    /// those join a pipeline group.
+    fn groupable(&self, args: &[Bytes]) -> bool {
+        if self.multi.is_some() || self.interactive.is_some() || !self.authenticated {
+            return false;
+        }
+        let Some(spec) = args.first().and_then(|n| cmd::lookup(n)) else {
+            return false;
+        };
+        spec.arity_ok(args.len()) && !matches!(spec.id, Id::Exec | Id::Discard)
+    }
+
+    /// Runs data commands (or their parse errors) as one transaction; see
+    /// [`Session::handle_batch`].
+    async fn run_group(&mut self, group: Vec<Command>, out: &mut BytesMut) {
+        if let [Command::Data(single)] = &group[..] {
+            self.ctx.commands.fetch_add(1, Ordering::Relaxed);
+            let reply = self.autocommit(single).await;
+            reply.encode(self.protocol, out);
+            return;
+        }
+        self.ctx
+            .commands
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        let deadline = Instant::now() + CONFLICT_RETRY_LIMIT;
+        let no_watches = HashMap::new();
+        let replies = loop {
+            let mut txn = self.ctx.engine.begin();
+            let attempt = async {
+                let keys = group.iter().flat_map(|c| match c {
+                    Command::Data(d) => d.value_keys(),
+                    _ => &[],
+                });
+                txn.prefetch(keys).await?;
+                let mut replies = Vec::with_capacity(group.len());
+                for command in &group {
+                    replies.push(match command {
+                        Command::Data(c) => c.apply(&mut txn).await?,
+                        Command::Invalid(reply) => reply.clone(),
+                        // `handle_batch` runs these itself, between groups.
+                        Command::Server(..) => err("ERR internal error: not a data command"),
+                    });
+                }
+                if txn.has_writes() {
+                    txn.commit(&no_watches).await?;
+                }
+                Ok::<_, TxnError>(replies)
+            };
+            match attempt.await {
+                Ok(replies) => break replies,
+                Err(TxnError::Conflict) if Instant::now() < deadline => {
+                    self.ctx
+                        .engine
+                        .wait_for_publication(Duration::from_millis(5))
+                        .await;
+                }
+                Err(e) => break vec![txn_error_reply(&e); group.len()],
+            }
+        };
+        for reply in replies {
             reply.encode(self.protocol, out);
         }
     }
@@ -1025,6 +1138,73 @@ mod tests {
             ],
         )
         .await;
+    }
+
+    fn request(line: &str) -> Vec<Bytes> {
+        line.split(' ')
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_batch_replies_in_order_and_commits_its_writes_together() {
+        let mut s = session().await;
+        run(&mut s, "SET w 0").await;
+        let engine = s.ctx.engine.clone();
+        let commits = || engine.stats().commits.load(Ordering::Relaxed);
+        let before = commits();
+        let batch = [
+            "SET a 1",
+            "INCR a",
+            "SET s str",
+            "INCR s",
+            "GET a",
+            "SET a b c",
+            "APPEND a x",
+            "MGET a s nope",
+            "PING",
+            "DEL s",
+            "EXISTS s a",
+        ];
+        let mut out = BytesMut::new();
+        s.handle_batch(batch.iter().map(|l| request(l)).collect(), &mut out)
+            .await;
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "+OK\r\n:2\r\n+OK\r\n-ERR value is not an integer or out of range\r\n$1\r\n2\r\n-ERR syntax error\r\n:2\r\n*3\r\n$2\r\n2x\r\n$3\r\nstr\r\n$-1\r\n+PONG\r\n:1\r\n:1\r\n"
+        );
+        // The writes before PING were one commit, those after it another.
+        assert_eq!(commits() - before, 2);
+        assert_eq!(run(&mut s, "MGET a s").await, "*2\r\n$2\r\n2x\r\n$-1\r\n");
+
+        // Mode changes inside a batch take effect for the requests after them.
+        let batch = [
+            "WATCH w",
+            "SET w 1",
+            "MULTI",
+            "SET a 9",
+            "EXEC",
+            "GET a",
+            "MULTI",
+            "INCR a",
+            "EXEC",
+            "QUIT",
+            "SET never 1",
+        ];
+        let mut out = BytesMut::new();
+        s.handle_batch(batch.iter().map(|l| request(l)).collect(), &mut out)
+            .await;
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "+OK\r\n+OK\r\n+OK\r\n+QUEUED\r\n*-1\r\n$2\r\n2x\r\n+OK\r\n+QUEUED\r\n*1\r\n-ERR value is not an integer or out of range\r\n+OK\r\n"
+        );
+        assert!(s.should_close());
+        let mut other = session_on(s.ctx.clone()).await;
+        assert_eq!(run(&mut other, "EXISTS never").await, ":0\r\n");
+    }
+
+    async fn session_on(ctx: Arc<Context>) -> Session {
+        Session::new(ctx, "other".into())
     }
 
     #[tokio::test]

@@ -17,6 +17,8 @@ use super::Context;
 use crate::reply::Reply;
 use crate::session::Session;
 
+/// Most requests run as one batch.
+const MAX_BATCH: usize = 1024;
 /// Replies are written once this many bytes are pending, even mid-batch.
 const FLUSH_AT: usize = 64 * 1024;
 /// Buffers larger than this are released when idle.
@@ -62,27 +64,46 @@ async fn serve_inner(
     parser.set_authenticated(session.is_authenticated());
     let mut input = BytesMut::with_capacity(INITIAL_BUFFER);
     let mut output = BytesMut::with_capacity(INITIAL_BUFFER);
+    let mut batch = Vec::new();
     loop {
         loop {
-            match parser.parse(&mut input) {
+            // An authenticated client's pipelined requests are taken as one batch (its
+            // writes share one commit); before AUTH, one at a time, since AUTH changes the
+            // limits the next request is parsed with.
+            let parsed = parser.parse(&mut input);
+            let failed = match parsed {
                 Ok(Some(args)) => {
-                    session.handle(args, &mut output).await;
-                    parser.set_authenticated(session.is_authenticated());
-                    if session.should_close() {
-                        stream.write_all(&output).await?;
-                        return Ok(());
+                    batch.push(args);
+                    if session.is_authenticated() && batch.len() < MAX_BATCH {
+                        continue;
                     }
-                    if output.len() >= FLUSH_AT {
-                        stream.write_all(&output).await?;
-                        output.clear();
-                    }
+                    None
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    Reply::error(e.to_string()).encode(session.protocol(), &mut output);
-                    stream.write_all(&output).await?;
-                    return Ok(());
-                }
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
+            let more = failed.is_none() && !batch.is_empty();
+            if !batch.is_empty() {
+                session
+                    .handle_batch(std::mem::take(&mut batch), &mut output)
+                    .await;
+                parser.set_authenticated(session.is_authenticated());
+            }
+            if session.should_close() {
+                stream.write_all(&output).await?;
+                return Ok(());
+            }
+            if let Some(e) = failed {
+                Reply::error(e.to_string()).encode(session.protocol(), &mut output);
+                stream.write_all(&output).await?;
+                return Ok(());
+            }
+            if output.len() >= FLUSH_AT {
+                stream.write_all(&output).await?;
+                output.clear();
+            }
+            if !more {
+                break;
             }
         }
         if !output.is_empty() {
