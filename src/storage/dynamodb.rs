@@ -2767,6 +2767,11 @@ where
     }
 }
 
+/// The DynamoDB emulator for tests (shared with the integration tests, hence the path).
+#[cfg(test)]
+#[path = "../../tests/it/dynamo_emulator.rs"]
+pub(crate) mod testing;
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -2774,59 +2779,11 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use tokio::sync::{oneshot, Notify};
+    use tokio::sync::Notify;
 
+    use super::testing::Emulator;
     use super::*;
     use crate::storage::conformance::{self, batch, get_one, plain, scan_all, vid, vkey};
-
-    /// A dynoxide server inside the test process, on a loopback port; stopped on drop.
-    pub(crate) struct Emulator {
-        pub endpoint: String,
-        stop: Option<oneshot::Sender<()>>,
-    }
-
-    impl Emulator {
-        pub(crate) async fn start() -> Emulator {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind emulator");
-            let addr = listener.local_addr().expect("emulator address");
-            let db = dynoxide::Database::memory().expect("emulator database");
-            let (stop, stopped) = oneshot::channel::<()>();
-            tokio::spawn(async move {
-                let _ = dynoxide::server::serve_with_shutdown(listener, db, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            });
-            Emulator {
-                endpoint: format!("http://{addr}"),
-                stop: Some(stop),
-            }
-        }
-
-        pub(crate) fn options(&self, table: &str) -> DynamoDbOptions {
-            DynamoDbOptions {
-                region: Some("us-east-1".into()),
-                endpoint: Some(self.endpoint.clone()),
-                create_table: true,
-                credentials: CredentialSource::Static {
-                    access_key_id: "test".into(),
-                    secret_access_key: "test".into(),
-                },
-                max_attempts: 5,
-                ..DynamoDbOptions::new(table)
-            }
-        }
-    }
-
-    impl Drop for Emulator {
-        fn drop(&mut self) {
-            if let Some(stop) = self.stop.take() {
-                let _ = stop.send(());
-            }
-        }
-    }
 
     async fn open(limits: Limits) -> (Arc<DynamoDbStorage>, Emulator) {
         let emulator = Emulator::start().await;

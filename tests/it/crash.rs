@@ -26,11 +26,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
 use tokio::task::JoinHandle;
 
 use crate::core_props::{seed_override, Rng};
-use crate::harness::{Emulator, Process};
+use crate::harness::{connect_patient as connect, Emulator, Process};
 
 const WRITERS: usize = 6;
 const READERS: usize = 2;
@@ -208,15 +207,6 @@ impl Shared {
     fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::SeqCst)
     }
-}
-
-async fn connect(addr: std::net::SocketAddr) -> redis::RedisResult<MultiplexedConnection> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(20)));
-    redis::Client::open(format!("redis://{addr}/"))?
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
 }
 
 /// Writes `WRITE_SET` keys per transaction, one transaction at a time, until told to stop

@@ -14,23 +14,12 @@ use aft::storage::dynamodb::DynamoDbStorage;
 use aft::storage::Storage;
 
 use crate::core_props::{seed_override, Rng};
-use crate::harness::{Emulator, Process};
+use crate::harness::{connect_patient as connect, Emulator, Process};
 
 const KEYS: usize = 150;
 
 fn key(i: usize) -> String {
     format!("big:{i:03}")
-}
-
-async fn connect(
-    addr: std::net::SocketAddr,
-) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(20)));
-    redis::Client::open(format!("redis://{addr}/"))?
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
 }
 
 /// MSETs every key to the next sequence number until told to stop or a reply fails;

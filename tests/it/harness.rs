@@ -23,6 +23,11 @@ use tokio::task::JoinHandle;
 pub use crate::redis_process::RedisServer;
 use crate::redis_process::{shared_cluster, unique_prefix, RedisCluster};
 
+/// The DynamoDB emulator (shared with the backend's unit tests, hence the path).
+#[path = "dynamo_emulator.rs"]
+mod dynamo_emulator;
+pub use dynamo_emulator::Emulator;
+
 /// A server running inside the test process.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -251,62 +256,15 @@ pub async fn redis_storage(url: &str) -> Arc<dyn Storage> {
     )
 }
 
-/// A DynamoDB emulator (dynoxide, in memory) serving on a loopback port from inside the test
-/// process, on the runtime that started it; stopped on drop.
-pub struct Emulator {
-    /// `http://127.0.0.1:PORT`.
-    pub endpoint: String,
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl Emulator {
-    /// Starts one on a free port.
-    pub async fn start() -> Emulator {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind emulator");
-        let addr = listener.local_addr().expect("emulator address");
-        let db = dynoxide::Database::memory().expect("emulator database");
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = dynoxide::server::serve_with_shutdown(listener, db, async {
-                let _ = stopped.await;
-            })
-            .await;
-        });
-        Emulator {
-            endpoint: format!("http://{addr}"),
-            stop: Some(stop),
-        }
-    }
-
-    /// Options for `table` on this emulator (created if missing; static credentials).
-    pub fn options(&self, table: &str) -> DynamoDbOptions {
-        DynamoDbOptions {
-            region: Some("us-east-1".into()),
-            endpoint: Some(self.endpoint.clone()),
-            create_table: true,
-            credentials: CredentialSource::Static {
-                access_key_id: "test".into(),
-                secret_access_key: "test".into(),
-            },
-            ..DynamoDbOptions::new(table)
-        }
-    }
-
-    /// The `--backend` URL of `table` on this emulator, for `aft serve`.
-    pub fn url(&self, table: &str) -> String {
-        format!(
-            "dynamodb://{table}?endpoint={}&region=us-east-1&create_table=true",
-            self.endpoint
-        )
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+/// A connection of the `redis` crate with generous timeouts, for tests that kill and restart
+/// servers under load.
+pub async fn connect_patient(
+    addr: SocketAddr,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(20)));
+    redis::Client::open(format!("redis://{addr}/"))?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
 }
