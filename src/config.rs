@@ -49,6 +49,11 @@ pub struct Config {
     pub max_txn_timeout_ms: u64,
     /// Most interactive transactions open at once.
     pub max_open_txns: usize,
+    /// Most open interactive transactions one client (connection) may have begun.
+    pub max_open_txns_per_client: usize,
+    /// The longest, in ms, a transaction's snapshot may hold garbage collection back; an
+    /// older snapshot is revoked and its transaction gets "snapshot too old" (0: no limit).
+    pub max_snapshot_age_ms: u64,
     /// Most bytes of writes one interactive transaction may buffer.
     pub max_txn_bytes: usize,
     /// Most bytes of writes all open interactive transactions may buffer together.
@@ -80,6 +85,8 @@ impl Default for Config {
             txn_timeout_ms: 30_000,
             max_txn_timeout_ms: 3_600_000,
             max_open_txns: 10_000,
+            max_open_txns_per_client: 1_000,
+            max_snapshot_age_ms: 60_000,
             max_txn_bytes: 64 << 20,
             max_open_txn_bytes: 1 << 30,
             idempotency_retention_secs: 86_400,

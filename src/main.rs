@@ -302,6 +302,7 @@ async fn serve(config: Config) -> Result<(), String> {
                 config.idempotency_retention_secs,
             ),
             status_retention: std::time::Duration::from_secs(config.status_retention_secs),
+            max_snapshot_age: std::time::Duration::from_millis(config.max_snapshot_age_ms),
         },
     )
     .await

@@ -8,7 +8,7 @@
 //! writes to the socket, so a pipelined batch is answered with one write, and it is testable
 //! without sockets.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,8 +21,8 @@ use crate::cmd::{self, Command, DataCmd, ParseError};
 use crate::reply::{Protocol, Reply};
 use crate::server::Context;
 use crate::storage::StorageError;
-use crate::txn::open::{OpenTxn, Status};
-use crate::txn::{TxnError, WatchState};
+use crate::txn::open::{Holder, OpenTxn, Status};
+use crate::txn::{Txn, TxnError, Watches};
 
 /// The version reported to clients (HELLO, INFO): the Redis version whose behaviour aft
 /// follows, so that clients enable the features they would with that Redis.
@@ -50,10 +50,14 @@ pub struct Session {
     lib_name: Option<Bytes>,
     lib_ver: Option<Bytes>,
     authenticated: bool,
-    watches: HashMap<Bytes, WatchState>,
+    watches: Watches,
     multi: Option<Multi>,
     /// The interactive transaction this connection is attached to.
     interactive: Option<Arc<OpenTxn>>,
+    /// What this connection holds open (bounds the interactive transactions it may begin).
+    holder: Arc<Holder>,
+    /// Data commands of a pipelined batch still to run as one transaction.
+    group: VecDeque<Command>,
     closing: bool,
     /// The connection closes without a reply (SHUTDOWN).
     silent: bool,
@@ -66,7 +70,7 @@ impl Session {
         let id = ctx.next_client_id.fetch_add(1, Ordering::Relaxed);
         let authenticated = ctx.config.requirepass.is_none();
         Session {
-            ctx,
+            ctx: ctx.clone(),
             id,
             peer,
             protocol: Protocol::Resp2,
@@ -74,9 +78,11 @@ impl Session {
             lib_name: None,
             lib_ver: None,
             authenticated,
-            watches: HashMap::new(),
+            watches: ctx.engine.watches(),
             multi: None,
             interactive: None,
+            holder: Holder::new(),
+            group: VecDeque::new(),
             closing: false,
             silent: false,
             created: Instant::now(),
@@ -107,50 +113,73 @@ impl Session {
         }
     }
 
-    /// Runs a pipelined batch of requests, appending their replies to `out` in order.
+    /// Runs requests from the front of a pipelined batch, appending their replies to `out`
+    /// in order, until the batch is empty or `out` holds at least `flush_at` bytes: the
+    /// caller then writes what is pending and calls again, so that a pipeline of large
+    /// replies is written as it goes instead of piling up in memory.
     ///
     /// Consecutive data commands outside MULTI and interactive transactions are run as
     /// one transaction with one commit ("group commit" of a pipeline): each still gets its
     /// own reply, errors included, and the result is the same as running them one after
-    /// the other with no other commit in between, which every client may observe anyway.
-    /// It saves a backend round trip per write. Stops early after QUIT or SHUTDOWN.
-    pub async fn handle_batch(&mut self, requests: Vec<Vec<Bytes>>, out: &mut BytesMut) {
-        let mut group: Vec<Command> = Vec::new();
-        for args in requests {
-            if self.closing {
-                break;
-            }
-            if self.groupable(&args) {
-                match cmd::parse(args) {
-                    Ok(Command::Server(id, args)) => {
-                        if !group.is_empty() {
-                            self.run_group(std::mem::take(&mut group), out).await;
-                        }
-                        self.ctx.commands.fetch_add(1, Ordering::Relaxed);
-                        let reply = self.server(id, &args).await;
-                        if !self.silent {
-                            reply.encode(self.protocol, out);
-                        }
-                    }
-                    Ok(command) => {
-                        group.push(command);
-                        if group.len() >= MAX_GROUP {
-                            self.run_group(std::mem::take(&mut group), out).await;
-                        }
-                    }
-                    // Not reached: `groupable` checked the name and the arity.
-                    Err(e) => e.reply().encode(self.protocol, out),
-                }
+    /// the other with no other commit in between (see [`Session::run_group`]). It saves a
+    /// backend round trip per write. Stops early after QUIT or SHUTDOWN.
+    pub async fn handle_batch(
+        &mut self,
+        requests: &mut VecDeque<Vec<Bytes>>,
+        out: &mut BytesMut,
+        flush_at: usize,
+    ) {
+        while out.len() < flush_at && !self.closing {
+            if !self.group.is_empty() {
+                self.run_group(out, flush_at).await;
                 continue;
             }
-            if !group.is_empty() {
-                self.run_group(std::mem::take(&mut group), out).await;
+            let Some(args) = requests.pop_front() else {
+                return;
+            };
+            if !self.groupable(&args) {
+                self.handle(args, out).await;
+                continue;
             }
-            self.handle(args, out).await;
+            match cmd::parse(args) {
+                Ok(Command::Server(id, args)) => {
+                    self.ctx.commands.fetch_add(1, Ordering::Relaxed);
+                    let reply = self.server(id, &args).await;
+                    if !self.silent {
+                        reply.encode(self.protocol, out);
+                    }
+                }
+                Ok(command) => {
+                    self.group.push_back(command);
+                    // The group goes on with the data commands that follow.
+                    while self.group.len() < MAX_GROUP {
+                        let joins = requests.front().is_some_and(|next| {
+                            self.groupable(next)
+                                && cmd::lookup(&next[0]).is_some_and(|spec| spec.is_data())
+                        });
+                        if !joins {
+                            break;
+                        }
+                        let Some(next) = requests.pop_front() else {
+                            break;
+                        };
+                        match cmd::parse(next) {
+                            Ok(c) => self.group.push_back(c),
+                            // Not reached: `groupable` checked the name and the arity.
+                            Err(e) => self.group.push_back(Command::Invalid(e.reply())),
+                        }
+                    }
+                }
+                // Not reached: `groupable` checked the name and the arity.
+                Err(e) => e.reply().encode(self.protocol, out),
+            }
         }
-        if !group.is_empty() {
-            self.run_group(group, out).await;
-        }
+    }
+
+    /// Whether commands of a pipelined group are still to run (the output limit stopped
+    /// [`Session::handle_batch`] before them): call it again once the output is written.
+    pub fn has_pending(&self) -> bool {
+        !self.group.is_empty()
     }
 
     /// Whether `args` is a well-formed command in autocommit mode: data commands among
@@ -165,56 +194,82 @@ impl Session {
         spec.arity_ok(args.len()) && !matches!(spec.id, Id::Exec | Id::Discard)
     }
 
-    /// Runs data commands (or their parse errors) as one transaction; see
-    /// [`Session::handle_batch`].
-    async fn run_group(&mut self, group: Vec<Command>, out: &mut BytesMut) {
-        if let [Command::Data(single)] = &group[..] {
+    /// Runs data commands from the front of `group` as one transaction and appends their
+    /// replies; see [`Session::handle_batch`].
+    ///
+    /// The group is "as if one by one": reads before its first write see the snapshot
+    /// (pinned at the first read), and every read after a write is validated at commit
+    /// ([`Txn::validate_reads_after_writes`]), so the group's writes and the reads that
+    /// follow them take effect together at commit. A losing group is re-run (its client
+    /// saw nothing). The transaction ends early — leaving the rest in `group` — before a
+    /// keyspace-wide read (KEYS, SCAN, RANDOMKEY, DBSIZE) that follows a write (it cannot be
+    /// validated key by key), and once its replies reach `flush_at` bytes.
+    async fn run_group(&mut self, out: &mut BytesMut, flush_at: usize) {
+        let mut group = std::mem::take(&mut self.group);
+        if let [Command::Data(single)] = group.make_contiguous() {
             self.ctx.commands.fetch_add(1, Ordering::Relaxed);
             let reply = self.autocommit(single).await;
             reply.encode(self.protocol, out);
             return;
         }
-        self.ctx
-            .commands
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
         let deadline = Instant::now() + CONFLICT_RETRY_LIMIT;
-        let no_watches = HashMap::new();
-        let replies = loop {
+        let protocol = self.protocol;
+        let (ran, replies) = loop {
             let mut txn = self.ctx.engine.begin();
+            txn.validate_reads_after_writes();
+            let mut replies = BytesMut::new();
+            let mut ran = 0;
             let attempt = async {
                 let keys = group.iter().flat_map(|c| match c {
                     Command::Data(d) => d.value_keys(),
                     _ => &[],
                 });
                 txn.prefetch(keys).await?;
-                let mut replies = Vec::with_capacity(group.len());
-                for command in &group {
-                    replies.push(match command {
-                        Command::Data(c) => c.apply(&mut txn).await?,
+                for command in group.iter() {
+                    if ran > 0 && replies.len() >= flush_at {
+                        break;
+                    }
+                    let reply = match command {
+                        Command::Data(c) => {
+                            if ran > 0 && c.reads_keyspace() && txn.has_writes() {
+                                break;
+                            }
+                            apply(c, &mut txn).await?
+                        }
                         Command::Invalid(reply) => reply.clone(),
                         // `handle_batch` runs these itself, between groups.
                         Command::Server(..) => err("ERR internal error: not a data command"),
-                    });
+                    };
+                    reply.encode(protocol, &mut replies);
+                    ran += 1;
                 }
                 if txn.has_writes() {
-                    txn.commit(&no_watches).await?;
+                    txn.commit().await?;
                 }
-                Ok::<_, TxnError>(replies)
+                Ok::<_, TxnError>(())
             };
             match attempt.await {
-                Ok(replies) => break replies,
-                Err(TxnError::Conflict) if Instant::now() < deadline => {
+                Ok(()) => break (ran, replies),
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
                     self.ctx
                         .engine
                         .wait_for_publication(Duration::from_millis(5))
                         .await;
                 }
-                Err(e) => break vec![txn_error_reply(&e); group.len()],
+                Err(e) => {
+                    let mut replies = BytesMut::new();
+                    let ran = ran.max(1).min(group.len());
+                    for _ in 0..ran {
+                        txn_error_reply(&e).encode(protocol, &mut replies);
+                    }
+                    break (ran, replies);
+                }
             }
         };
-        for reply in replies {
-            reply.encode(self.protocol, out);
-        }
+        self.ctx.commands.fetch_add(ran as u64, Ordering::Relaxed);
+        group.drain(..ran);
+        self.group = group;
+        out.extend_from_slice(&replies);
     }
 
     async fn dispatch(&mut self, args: Vec<Bytes>) -> Reply {
@@ -302,22 +357,21 @@ impl Session {
     /// client has seen nothing of a failed attempt).
     async fn autocommit(&mut self, command: &DataCmd) -> Reply {
         let deadline = Instant::now() + CONFLICT_RETRY_LIMIT;
-        let no_watches = HashMap::new();
         loop {
             let mut txn = self.ctx.engine.begin();
             let attempt = async {
                 if !command.value_keys().is_empty() {
                     txn.prefetch(command.value_keys()).await?;
                 }
-                let reply = command.apply(&mut txn).await?;
+                let reply = apply(command, &mut txn).await?;
                 if txn.has_writes() && !reply.is_error() {
-                    txn.commit(&no_watches).await?;
+                    txn.commit().await?;
                 }
                 Ok::<_, TxnError>(reply)
             };
             match attempt.await {
                 Ok(reply) => return reply,
-                Err(TxnError::Conflict) if Instant::now() < deadline => {
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
                     self.ctx
                         .engine
                         .wait_for_publication(Duration::from_millis(5))
@@ -328,6 +382,13 @@ impl Session {
         }
     }
 
+    /// Leaves the attached interactive transaction, if any (it stays open for others).
+    fn leave_interactive(&mut self) -> Option<Arc<OpenTxn>> {
+        let open = self.interactive.take()?;
+        open.detach();
+        Some(open)
+    }
+
     /// Runs a data command inside the attached interactive transaction: reads return at
     /// once, writes are buffered until AFT.COMMIT.
     async fn interactive_data(&mut self, open: &Arc<OpenTxn>, command: &DataCmd) -> Reply {
@@ -335,7 +396,7 @@ impl Session {
         let mut slot = open.lock().await;
         let Some(txn) = slot.txn.as_mut() else {
             let word = slot.ended.unwrap_or(Status::Unknown).word();
-            self.interactive = None;
+            self.leave_interactive();
             return err(format!(
                 "ERR transaction {} is no longer running ({word})",
                 open.id()
@@ -347,17 +408,23 @@ impl Session {
             if !command.value_keys().is_empty() {
                 txn.prefetch(command.value_keys()).await?;
             }
-            command.apply(txn).await
+            apply(command, txn).await
         }
         .await;
         match result {
             Ok(reply) => match registry.account(open, &mut slot) {
                 Ok(()) => reply,
                 Err(e) => {
-                    self.interactive = None;
+                    self.leave_interactive();
                     err(e.to_string())
                 }
             },
+            Err(e @ TxnError::SnapshotTooOld(_)) => {
+                // What it read may be gone: it cannot go on.
+                registry.abort(open, &mut slot);
+                self.leave_interactive();
+                txn_error_reply(&e)
+            }
             Err(e) => txn_error_reply(&e),
         }
     }
@@ -380,7 +447,7 @@ impl Session {
             }
             i += 2;
         }
-        match self.ctx.open_txns.begin(key, timeout).await {
+        match self.ctx.open_txns.begin(key, timeout, &self.holder).await {
             Ok(open) => {
                 let id = open.id();
                 self.interactive = Some(open);
@@ -392,7 +459,7 @@ impl Session {
 
     /// AFT.COMMIT: the session leaves the transaction whatever the outcome.
     async fn aft_commit(&mut self) -> Reply {
-        let Some(open) = self.interactive.take() else {
+        let Some(open) = self.leave_interactive() else {
             return err("ERR AFT.COMMIT without AFT.BEGIN");
         };
         let mut slot = open.lock().await;
@@ -409,11 +476,30 @@ impl Session {
         }
     }
 
+    /// AFT.ABORT: the session leaves the transaction; one that already ended keeps the
+    /// outcome it had, and the reply says which.
+    async fn aft_abort(&mut self) -> Reply {
+        let Some(open) = self.leave_interactive() else {
+            return err("ERR AFT.ABORT without AFT.BEGIN");
+        };
+        let mut slot = open.lock().await;
+        if slot.txn.is_none() {
+            let word = slot.ended.unwrap_or(Status::Unknown).word();
+            return err(format!(
+                "ERR transaction {} is no longer running ({word}); nothing was aborted",
+                open.id()
+            ));
+        }
+        self.ctx.open_txns.abort(&open, &mut slot);
+        Reply::ok()
+    }
+
     async fn exec(&mut self) -> Reply {
         let Some(multi) = self.multi.take() else {
             return err("ERR EXEC without MULTI");
         };
-        let watches = std::mem::take(&mut self.watches);
+        // Released (unwatched) when this EXEC is over, whatever its outcome.
+        let watches = std::mem::replace(&mut self.watches, self.ctx.engine.watches());
         if multi.dirty {
             return err("EXECABORT Transaction discarded because of previous errors.");
         }
@@ -422,7 +508,7 @@ impl Session {
             match self.exec_once(&multi.queue, &watches).await {
                 Ok(replies) => return replies,
                 Err(TxnError::WatchFailed) => return Reply::NilArray,
-                Err(TxnError::Conflict) if Instant::now() < deadline => {
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
                     self.ctx
                         .engine
                         .wait_for_publication(Duration::from_millis(5))
@@ -433,11 +519,7 @@ impl Session {
         }
     }
 
-    async fn exec_once(
-        &mut self,
-        queue: &[Command],
-        watches: &HashMap<Bytes, WatchState>,
-    ) -> Result<Reply, TxnError> {
+    async fn exec_once(&mut self, queue: &[Command], watches: &Watches) -> Result<Reply, TxnError> {
         let mut txn = self.ctx.engine.begin();
         let keys = queue.iter().flat_map(|c| match c {
             Command::Data(d) => d.value_keys(),
@@ -447,7 +529,7 @@ impl Session {
         let mut replies = Vec::with_capacity(queue.len());
         for command in queue {
             replies.push(match command {
-                Command::Data(c) => c.apply(&mut txn).await?,
+                Command::Data(c) => apply(c, &mut txn).await?,
                 Command::Server(Id::Unwatch, _) => Reply::ok(),
                 Command::Server(Id::AftIdempotent, args) => {
                     txn.set_idempotency_key(args[1].clone());
@@ -457,7 +539,7 @@ impl Session {
                 Command::Invalid(reply) => reply.clone(),
             });
         }
-        txn.commit(watches).await?;
+        txn.commit_watched(watches).await?;
         Ok(Reply::Array(replies))
     }
 
@@ -475,10 +557,7 @@ impl Session {
             Id::Discard => err("ERR DISCARD without MULTI"),
             Id::Watch => {
                 for key in &args[1..] {
-                    if !self.watches.contains_key(key) {
-                        let state = self.ctx.engine.watch(key);
-                        self.watches.insert(key.clone(), state);
-                    }
+                    self.watches.watch(key);
                 }
                 Reply::ok()
             }
@@ -506,7 +585,7 @@ impl Session {
             }
             Id::Reset => {
                 // An interactive transaction stays open for others: RESET only detaches.
-                self.interactive = None;
+                self.leave_interactive();
                 self.multi = None;
                 self.watches.clear();
                 self.protocol = Protocol::Resp2;
@@ -539,14 +618,7 @@ impl Session {
             }
             Id::AftBegin => self.aft_begin(args).await,
             Id::AftCommit => self.aft_commit().await,
-            Id::AftAbort => match self.interactive.take() {
-                Some(open) => {
-                    let mut slot = open.lock().await;
-                    self.ctx.open_txns.abort(&open, &mut slot);
-                    Reply::ok()
-                }
-                None => err("ERR AFT.ABORT without AFT.BEGIN"),
-            },
+            Id::AftAbort => self.aft_abort().await,
             Id::AftAttach => match self.ctx.open_txns.attach(&args[1]) {
                 Ok(open) => {
                     self.interactive = Some(open);
@@ -554,7 +626,7 @@ impl Session {
                 }
                 Err(e) => err(e.to_string()),
             },
-            Id::AftDetach => match self.interactive.take() {
+            Id::AftDetach => match self.leave_interactive() {
                 Some(open) => {
                     open.touch();
                     Reply::ok()
@@ -800,6 +872,22 @@ impl Session {
     }
 }
 
+impl Drop for Session {
+    /// A closed connection detaches from its interactive transaction (which stays open
+    /// until its timeout, for another connection to attach).
+    fn drop(&mut self) {
+        self.leave_interactive();
+    }
+}
+
+/// Runs a data command in `txn`; the reply stands only if the snapshot it read was not
+/// revoked meanwhile.
+async fn apply(command: &DataCmd, txn: &mut Txn) -> Result<Reply, TxnError> {
+    let reply = command.apply(txn).await?;
+    txn.check_snapshot()?;
+    Ok(reply)
+}
+
 /// Redis's reply to an unknown subcommand of `args[0]`.
 pub fn unknown_subcommand(args: &[Bytes]) -> Reply {
     err(format!(
@@ -836,6 +924,10 @@ pub fn txn_error_reply(e: &TxnError) -> Reply {
             "ERR commit outcome unknown (backend failed after the commit was sent): {m}"
         )),
         TxnError::Storage(e) => err(format!("ERR {e}; nothing was committed")),
+        TxnError::SnapshotTooOld(limit) => err(format!(
+            "ERR snapshot too old: the transaction's snapshot is older than {} ms (max_snapshot_age_ms) and what it read may have been collected; it was aborted, nothing was applied, run it again",
+            limit.as_millis()
+        )),
         TxnError::Internal(m) => err(format!("ERR internal error: {m}")),
     }
 }
@@ -1167,8 +1259,8 @@ mod tests {
             "EXISTS s a",
         ];
         let mut out = BytesMut::new();
-        s.handle_batch(batch.iter().map(|l| request(l)).collect(), &mut out)
-            .await;
+        let mut requests = batch.iter().map(|l| request(l)).collect();
+        s.handle_batch(&mut requests, &mut out, usize::MAX).await;
         assert_eq!(
             String::from_utf8_lossy(&out),
             "+OK\r\n:2\r\n+OK\r\n-ERR value is not an integer or out of range\r\n$1\r\n2\r\n-ERR syntax error\r\n:2\r\n*3\r\n$2\r\n2x\r\n$3\r\nstr\r\n$-1\r\n+PONG\r\n:1\r\n:1\r\n"
@@ -1192,8 +1284,8 @@ mod tests {
             "SET never 1",
         ];
         let mut out = BytesMut::new();
-        s.handle_batch(batch.iter().map(|l| request(l)).collect(), &mut out)
-            .await;
+        let mut requests = batch.iter().map(|l| request(l)).collect();
+        s.handle_batch(&mut requests, &mut out, usize::MAX).await;
         assert_eq!(
             String::from_utf8_lossy(&out),
             "+OK\r\n+OK\r\n+OK\r\n+QUEUED\r\n*-1\r\n$2\r\n2x\r\n+OK\r\n+QUEUED\r\n*1\r\n-ERR value is not an integer or out of range\r\n+OK\r\n"
@@ -1205,6 +1297,159 @@ mod tests {
 
     async fn session_on(ctx: Arc<Context>) -> Session {
         Session::new(ctx, "other".into())
+    }
+
+    /// A pipelined batch on `s`, replies as text.
+    async fn pipeline(s: &mut Session, lines: &[&str]) -> String {
+        let mut requests = lines.iter().map(|l| request(l)).collect();
+        let mut out = BytesMut::new();
+        s.handle_batch(&mut requests, &mut out, usize::MAX).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_group_is_as_if_its_commands_ran_one_by_one() {
+        use crate::storage::fault::{FaultConfig, FaultyStorage};
+        let storage = Arc::new(FaultyStorage::new(
+            Arc::new(MemoryStorage::new()),
+            FaultConfig::new(3),
+        ));
+        let engine = Engine::open(storage.clone(), EngineConfig::default())
+            .await
+            .unwrap();
+        let ctx = Context::new(engine, Arc::new(Config::default()), "127.0.0.1:7379".into());
+        let mut first = session_on(ctx.clone()).await;
+        let mut second = session_on(ctx.clone()).await;
+        // The first group's commit stalls in the backend after it read b (absent).
+        let gate = storage.pause_next_commits(1);
+        let first_group =
+            tokio::spawn(async move { pipeline(&mut first, &["SET a 1", "GET b"]).await });
+        gate.until_waiting(1).await;
+        // The second group reads a after writing b: if its read stood on the snapshot (a
+        // absent), both groups would read nil, which no order of the four commands gives.
+        let second_group =
+            tokio::spawn(async move { pipeline(&mut second, &["SET b 1", "GET a"]).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gate.open();
+        let first_replies = first_group.await.unwrap();
+        let second_replies = second_group.await.unwrap();
+        assert_eq!(first_replies, "+OK\r\n$-1\r\n");
+        assert_eq!(second_replies, "+OK\r\n$1\r\n1\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_keyspace_read_after_a_write_ends_the_pipelined_group() {
+        let mut s = session().await;
+        let engine = s.ctx.engine.clone();
+        let commits = || engine.stats().commits.load(Ordering::Relaxed);
+        let before = commits();
+        let replies = pipeline(&mut s, &["SET a 1", "DBSIZE", "SET b 2", "KEYS *", "GET a"]).await;
+        assert!(
+            replies.starts_with("+OK\r\n:1\r\n+OK\r\n*2\r\n"),
+            "{replies}"
+        );
+        assert!(replies.ends_with("$1\r\n1\r\n"), "{replies}");
+        assert_eq!(commits() - before, 2, "split before DBSIZE and before KEYS");
+    }
+
+    #[tokio::test]
+    async fn a_pipeline_stops_at_the_output_limit_and_resumes() {
+        let mut s = session().await;
+        run(&mut s, "SET big 0123456789").await;
+        let mut requests: VecDeque<Vec<Bytes>> = (0..10).map(|_| request("GET big")).collect();
+        requests.push_back(request("SET after 1"));
+        let mut out = BytesMut::new();
+        // Each reply is 17 bytes: a limit of 40 stops after 3 of them.
+        s.handle_batch(&mut requests, &mut out, 40).await;
+        assert_eq!(out.len(), 3 * 17);
+        let mut rounds = 1;
+        while !requests.is_empty() || s.has_pending() {
+            out.clear();
+            s.handle_batch(&mut requests, &mut out, 40).await;
+            assert!(out.len() <= 3 * 17 + 4, "{}", out.len());
+            rounds += 1;
+        }
+        assert!(rounds >= 4);
+        assert_eq!(run(&mut s, "GET after").await, "$1\r\n1\r\n");
+    }
+
+    #[tokio::test]
+    async fn aft_abort_of_a_transaction_that_committed_says_so_and_changes_nothing() {
+        let ctx = context(Config::default()).await;
+        let mut a = session_on(ctx.clone()).await;
+        let mut b = session_on(ctx.clone()).await;
+        let id = run(&mut a, "AFT.BEGIN").await;
+        let id = id.split("\r\n").nth(1).unwrap().to_string();
+        assert_eq!(run(&mut a, "SET x 1").await, "+OK\r\n");
+        assert_eq!(run(&mut b, &format!("AFT.ATTACH {id}")).await, "+OK\r\n");
+        assert_eq!(run(&mut b, "AFT.COMMIT").await, "+OK\r\n");
+        assert_eq!(
+            run(&mut a, "AFT.ABORT").await,
+            format!(
+                "-ERR transaction {id} is no longer running (committed); nothing was aborted\r\n"
+            )
+        );
+        assert_eq!(
+            run(&mut a, &format!("AFT.STATUS {id}")).await,
+            "$9\r\ncommitted\r\n"
+        );
+        assert_eq!(run(&mut a, "GET x").await, "$1\r\n1\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_neighbouring_transaction_id_attaches_to_nothing() {
+        let ctx = context(Config::default()).await;
+        let mut a = session_on(ctx.clone()).await;
+        let mut thief = session_on(ctx.clone()).await;
+        let first = run(&mut a, "AFT.BEGIN").await;
+        let first = first.split("\r\n").nth(1).unwrap().to_string();
+        run(&mut a, "AFT.DETACH").await;
+        run(&mut a, "AFT.BEGIN").await;
+        run(&mut a, "SET secret 1").await;
+        run(&mut a, "AFT.DETACH").await;
+        let n = u128::from_str_radix(&first, 16).unwrap();
+        for guess in [n.wrapping_add(1), n.wrapping_sub(1)] {
+            let reply = run(&mut thief, &format!("AFT.ATTACH {guess:032x}")).await;
+            assert!(reply.starts_with("-ERR unknown transaction"), "{reply}");
+        }
+    }
+
+    #[tokio::test]
+    async fn one_client_cannot_lock_others_out_of_interactive_transactions() {
+        let config = Config {
+            max_open_txns: 8,
+            max_open_txns_per_client: 3,
+            txn_timeout_ms: 100,
+            ..Config::default()
+        };
+        let ctx = context(config).await;
+        let mut greedy = session_on(ctx.clone()).await;
+        for _ in 0..3 {
+            assert!(run(&mut greedy, "AFT.BEGIN TIMEOUT 3600000")
+                .await
+                .starts_with('$'));
+            run(&mut greedy, "AFT.DETACH").await;
+        }
+        let refused = run(&mut greedy, "AFT.BEGIN TIMEOUT 3600000").await;
+        assert!(refused.contains("max_open_txns_per_client"), "{refused}");
+        // The greedy client reconnects again and again until the registry is full.
+        let mut clients = Vec::new();
+        while ctx.open_txns.gauges().0 < 8 {
+            let mut c = session_on(ctx.clone()).await;
+            run(&mut c, "AFT.BEGIN TIMEOUT 3600000").await;
+            run(&mut c, "AFT.DETACH").await;
+            clients.push(c);
+        }
+        let mut victim = session_on(ctx.clone()).await;
+        assert!(run(&mut victim, "AFT.BEGIN")
+            .await
+            .starts_with("-ERR too many open"));
+        // Once the hoarded transactions sat idle and detached for the default timeout, one
+        // of them makes room for a client that needs it.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(run(&mut victim, "AFT.BEGIN").await.starts_with('$'));
+        assert_eq!(ctx.open_txns.stats().evicted.load(Ordering::Relaxed), 1);
+        assert_eq!(ctx.open_txns.gauges().0, 8);
     }
 
     #[tokio::test]

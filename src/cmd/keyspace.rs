@@ -7,8 +7,12 @@
 //! transaction (so they are atomic, and a concurrent reader sees all keys or none). DEL,
 //! EXPIRE* and PERSIST are validated at commit like read-modify-write commands. Expired keys
 //! are removed lazily: they are invisible at once and their storage is reclaimed later.
-//! SCAN's cursor is a position in a hash order of the keys: keys present for a whole scan
-//! are returned at least once; COUNT is the number of keys returned per call (at most).
+//! SCAN's cursor is a position in a keyed hash order of the keys (valid while the process
+//! runs): keys present for a whole scan are returned at least once, and a call visits about
+//! COUNT keys (it returns the live ones among them, so possibly fewer), in O(log n + COUNT).
+//! RANDOMKEY costs O(1) in the common case and DBSIZE O(1) (counts kept by the index); KEYS
+//! walks the keyspace one part at a time, letting other connections run in between. DBSIZE
+//! counts the latest state (adjusted by the transaction's own writes), not the snapshot.
 
 use bytes::Bytes;
 
@@ -294,21 +298,16 @@ impl KeyCmd {
                 Reply::Integer(1)
             }
             KeyCmd::FlushAll => {
-                for key in txn.keys() {
-                    txn.delete(key);
-                }
+                txn.flush_all();
                 Reply::ok()
             }
             KeyCmd::DbSize => Reply::Integer(txn.key_count() as i64),
             KeyCmd::Keys { pattern } => {
                 let all = pattern[..] == b"*"[..];
-                Reply::Array(
-                    txn.keys()
-                        .into_iter()
-                        .filter(|k| all || glob_match(pattern, k))
-                        .map(Reply::Bulk)
-                        .collect(),
-                )
+                let keys = txn
+                    .keys_where(&|k: &[u8]| all || glob_match(pattern, k))
+                    .await;
+                Reply::Array(keys.into_iter().map(Reply::Bulk).collect())
             }
             KeyCmd::Scan {
                 cursor,
@@ -316,53 +315,33 @@ impl KeyCmd {
                 count,
                 kind,
             } => {
-                let mut keys: Vec<(u64, Bytes)> = txn
-                    .keys()
+                let (next, keys) = txn.scan(*cursor, *count);
+                let out = keys
                     .into_iter()
-                    .map(|k| (scan_position(&k), k))
-                    .filter(|(pos, _)| *pos >= *cursor)
+                    .filter(|(key, _)| pattern.as_ref().is_none_or(|p| glob_match(p, key)))
+                    .filter(|(_, meta)| {
+                        kind.as_ref().is_none_or(|k| {
+                            k.eq_ignore_ascii_case(meta.kind.type_name().as_bytes())
+                        })
+                    })
+                    .map(|(key, _)| Reply::Bulk(key))
                     .collect();
-                keys.sort_unstable();
-                let next = keys.get(*count).map_or(0, |(pos, _)| *pos);
-                keys.truncate(*count);
-                let mut out = Vec::with_capacity(keys.len());
-                for (_, key) in keys {
-                    if pattern.as_ref().is_some_and(|p| !glob_match(p, &key)) {
-                        continue;
-                    }
-                    if let Some(kind) = kind {
-                        let name = txn.meta(&key).map_or("none", |m| m.kind.type_name());
-                        if !kind.eq_ignore_ascii_case(name.as_bytes()) {
-                            continue;
-                        }
-                    }
-                    out.push(Reply::Bulk(key));
-                }
                 let mut buf = itoa::Buffer::new();
                 Reply::Array(vec![
                     Reply::Bulk(Bytes::copy_from_slice(buf.format(next).as_bytes())),
                     Reply::Array(out),
                 ])
             }
-            KeyCmd::RandomKey => {
-                let keys = txn.keys();
-                if keys.is_empty() {
-                    Reply::Nil
-                } else {
-                    let i = (now as usize ^ keys.len().wrapping_mul(0x9E37_79B9)) % keys.len();
-                    Reply::Bulk(keys[i].clone())
-                }
-            }
+            KeyCmd::RandomKey => txn.random_key().map_or(Reply::Nil, Reply::Bulk),
         })
     }
-}
 
-/// A key's SCAN position: FNV-1a, never 0 (cursor 0 starts and ends a scan).
-fn scan_position(key: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    /// Whether the command reads the whole keyspace rather than named keys (such reads
+    /// cannot be validated key by key; see [`crate::txn::Txn::validate_reads_after_writes`]).
+    pub fn reads_keyspace(&self) -> bool {
+        matches!(
+            self,
+            KeyCmd::DbSize | KeyCmd::Keys { .. } | KeyCmd::Scan { .. } | KeyCmd::RandomKey
+        )
     }
-    (h >> 1) + 1
 }

@@ -79,6 +79,15 @@ impl DataCmd {
             DataCmd::Key(c) => c.value_keys(),
         }
     }
+
+    /// Whether the command reads the whole keyspace (KEYS, SCAN, RANDOMKEY, DBSIZE) rather
+    /// than named keys.
+    pub fn reads_keyspace(&self) -> bool {
+        match self {
+            DataCmd::Str(_) => false,
+            DataCmd::Key(c) => c.reads_keyspace(),
+        }
+    }
 }
 
 /// Parses a request (`args[0]` is the command name).
@@ -95,6 +104,9 @@ pub fn parse(args: Vec<Bytes>) -> Result<Command, ParseError> {
         return Err(ParseError::Arity(spec.name));
     }
     use table::Id;
+    if !spec.is_data() {
+        return Ok(Command::Server(spec.id, args));
+    }
     let parsed = match spec.id {
         Id::Get
         | Id::Set
@@ -116,24 +128,7 @@ pub fn parse(args: Vec<Bytes>) -> Result<Command, ParseError> {
         | Id::IncrBy
         | Id::DecrBy
         | Id::IncrByFloat => string::StringCmd::parse(spec, args).map(DataCmd::Str),
-        Id::Del
-        | Id::Exists
-        | Id::Type
-        | Id::Expire
-        | Id::PExpire
-        | Id::ExpireAt
-        | Id::PExpireAt
-        | Id::Ttl
-        | Id::PTtl
-        | Id::ExpireTime
-        | Id::PExpireTime
-        | Id::Persist
-        | Id::FlushAll
-        | Id::DbSize
-        | Id::Keys
-        | Id::Scan
-        | Id::RandomKey => keyspace::KeyCmd::parse(spec, args).map(DataCmd::Key),
-        _ => return Ok(Command::Server(spec.id, args)),
+        _ => keyspace::KeyCmd::parse(spec, args).map(DataCmd::Key),
     };
     Ok(match parsed {
         Ok(cmd) => Command::Data(cmd),

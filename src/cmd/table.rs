@@ -112,6 +112,58 @@ impl CommandSpec {
     pub fn is_write(&self) -> bool {
         self.flags.contains(&"write")
     }
+
+    /// Whether the command reads or writes keys (runs inside a transaction), as opposed to
+    /// acting on the connection or the server.
+    pub fn is_data(&self) -> bool {
+        self.id.is_data()
+    }
+}
+
+impl Id {
+    /// See [`CommandSpec::is_data`].
+    pub fn is_data(self) -> bool {
+        matches!(
+            self,
+            Id::Get
+                | Id::Set
+                | Id::SetNx
+                | Id::SetEx
+                | Id::PSetEx
+                | Id::GetSet
+                | Id::GetDel
+                | Id::GetEx
+                | Id::MGet
+                | Id::MSet
+                | Id::MSetNx
+                | Id::Append
+                | Id::Strlen
+                | Id::GetRange
+                | Id::SetRange
+                | Id::Incr
+                | Id::Decr
+                | Id::IncrBy
+                | Id::DecrBy
+                | Id::IncrByFloat
+                | Id::Del
+                | Id::Exists
+                | Id::Type
+                | Id::Expire
+                | Id::PExpire
+                | Id::ExpireAt
+                | Id::PExpireAt
+                | Id::Ttl
+                | Id::PTtl
+                | Id::ExpireTime
+                | Id::PExpireTime
+                | Id::Persist
+                | Id::FlushAll
+                | Id::DbSize
+                | Id::Keys
+                | Id::Scan
+                | Id::RandomKey
+        )
+    }
 }
 
 const W: &[&str] = &["write", "denyoom"];

@@ -7,6 +7,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use std::collections::VecDeque;
+
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,9 +19,10 @@ use super::Context;
 use crate::reply::Reply;
 use crate::session::Session;
 
-/// Most requests run as one batch.
+/// Most requests parsed into one batch.
 const MAX_BATCH: usize = 1024;
-/// Replies are written once this many bytes are pending, even mid-batch.
+/// Replies are written once this many bytes are pending, even mid-batch: a pipeline of
+/// large replies is written as it goes (the session stops at this mark and resumes).
 const FLUSH_AT: usize = 64 * 1024;
 /// Buffers larger than this are released when idle.
 const KEEP_BUFFER: usize = 1024 * 1024;
@@ -64,7 +67,7 @@ async fn serve_inner(
     parser.set_authenticated(session.is_authenticated());
     let mut input = BytesMut::with_capacity(INITIAL_BUFFER);
     let mut output = BytesMut::with_capacity(INITIAL_BUFFER);
-    let mut batch = Vec::new();
+    let mut batch = VecDeque::new();
     loop {
         loop {
             // An authenticated client's pipelined requests are taken as one batch (its
@@ -73,7 +76,7 @@ async fn serve_inner(
             let parsed = parser.parse(&mut input);
             let failed = match parsed {
                 Ok(Some(args)) => {
-                    batch.push(args);
+                    batch.push_back(args);
                     if session.is_authenticated() && batch.len() < MAX_BATCH {
                         continue;
                     }
@@ -83,12 +86,20 @@ async fn serve_inner(
                 Err(e) => Some(e),
             };
             let more = failed.is_none() && !batch.is_empty();
-            if !batch.is_empty() {
+            while !batch.is_empty() || session.has_pending() {
                 session
-                    .handle_batch(std::mem::take(&mut batch), &mut output)
+                    .handle_batch(&mut batch, &mut output, FLUSH_AT)
                     .await;
-                parser.set_authenticated(session.is_authenticated());
+                if session.should_close() {
+                    batch.clear();
+                    break;
+                }
+                if output.len() >= FLUSH_AT {
+                    stream.write_all(&output).await?;
+                    output.clear();
+                }
             }
+            parser.set_authenticated(session.is_authenticated());
             if session.should_close() {
                 stream.write_all(&output).await?;
                 return Ok(());
@@ -97,10 +108,6 @@ async fn serve_inner(
                 Reply::error(e.to_string()).encode(session.protocol(), &mut output);
                 stream.write_all(&output).await?;
                 return Ok(());
-            }
-            if output.len() >= FLUSH_AT {
-                stream.write_all(&output).await?;
-                output.clear();
             }
             if !more {
                 break;

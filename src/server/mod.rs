@@ -60,6 +60,7 @@ impl Context {
             max_open: config.max_open_txns,
             max_txn_bytes: config.max_txn_bytes,
             max_total_bytes: config.max_open_txn_bytes,
+            max_per_client: config.max_open_txns_per_client,
         };
         Arc::new(Context {
             open_txns: OpenTxns::start(engine.clone(), limits),

@@ -35,6 +35,7 @@ macro_rules! conformance_tests {
             large_values,
             scan_order_and_pagination,
             idempotent_commit,
+            a_commit_sent_again_is_idempotent,
             idempotency_race,
             delete_is_complete_and_idempotent,
             many_concurrent_commits,
@@ -378,6 +379,42 @@ pub(crate) async fn scan_order_and_pagination(storage: Arc<dyn Storage>) {
 
 /// A second commit with the same idempotency key is a `Duplicate` of the first: no record, no
 /// versions; `find_idempotent` names the first. Commits without a key never collide.
+/// A batch sent again (to settle an unknown outcome) reports the commit once applied,
+/// leaves one record, and commits a batch whose first attempt never arrived.
+pub(crate) async fn a_commit_sent_again_is_idempotent(storage: Arc<dyn Storage>) {
+    let s = &*storage;
+    let plain_id = vid(10, 1);
+    let keyed_id = vid(20, 2);
+    let plain_batch = || batch(plain_id, None, &[(b"a", b"1"), (b"b", b"1")]);
+    let keyed_batch = || batch(keyed_id, Some(b"once"), &[(b"a", b"2")]);
+    commit_ok(s, plain_batch()).await;
+    commit_ok(s, keyed_batch()).await;
+    // Sent again, both report the commit (a keyed one may name its own id as the holder).
+    commit_ok(s, plain_batch()).await;
+    let again = plain(s.commit(keyed_batch()).await);
+    assert!(
+        again == Ok(CommitOutcome::Committed) || again == Ok(CommitOutcome::Duplicate(keyed_id)),
+        "{again:?}"
+    );
+    let ids: Vec<VersionId> = scan_all(s).await.iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![plain_id, keyed_id], "one record each");
+    assert_eq!(
+        get_one(s, b"a", plain_id).await,
+        Some(Bytes::from_static(b"1"))
+    );
+    assert_eq!(
+        get_one(s, b"a", keyed_id).await,
+        Some(Bytes::from_static(b"2"))
+    );
+    assert_eq!(s_find(s, "once").await, Some(keyed_id));
+    // After GC deleted its superseded version, a resend still writes no second record.
+    s.delete(vec![vkey(b"b", plain_id)], Vec::new())
+        .await
+        .expect("delete");
+    commit_ok(s, plain_batch()).await;
+    assert_eq!(scan_all(s).await.len(), 2);
+}
+
 pub(crate) async fn idempotent_commit(storage: Arc<dyn Storage>) {
     let s = &*storage;
     let first = vid(10, 1);

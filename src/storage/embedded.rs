@@ -916,6 +916,10 @@ impl Tables<'_, '_> {
         &mut self,
         commit: &EncodedCommit,
     ) -> Result<Result<CommitOutcome, StorageError>, redb::StorageError> {
+        if self.records.get(&commit.id[..])?.is_some() {
+            // Sent again after an unknown outcome: the first attempt applied.
+            return Ok(Ok(CommitOutcome::Committed));
+        }
         if let Some(key) = &commit.idempotency_key {
             let existing = self
                 .idempotency

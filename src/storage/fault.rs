@@ -8,6 +8,12 @@
 //! * **fail after**: `commit` is applied by the inner store, then the reply is lost and the
 //!   caller gets [`StorageError::OutcomeUnknown`];
 //! * **read failure**: `get_versions` returns [`StorageError::Unavailable`];
+//! * on demand, deterministically: the next `n` commits lose their reply
+//!   ([`FaultyStorage::lose_next_replies`]) or are lost unapplied and reported as unknown
+//!   ([`FaultyStorage::drop_next_requests`]), commits are refused before reaching the
+//!   store ([`FaultyStorage::refuse_commits`], a backend that is down), or the next `n`
+//!   commits wait at a gate until the test opens it ([`FaultyStorage::pause_next_commits`],
+//!   a slow backend: a commit stays in flight as long as a test needs);
 //! * **crash**: after [`FaultyStorage::crash`] (or [`CrashHandle::crash`], from any task) every
 //!   call returns [`StorageError::Unavailable`], as if the process had died. A commit in flight
 //!   when the crash happens completes in the inner store and reports
@@ -20,8 +26,11 @@
 //! exactly; a concurrent one replays as far as its schedule does.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -108,6 +117,51 @@ pub struct FaultyStorage {
     lost_replies: AtomicU64,
     failed_reads: AtomicU64,
     refused_after_crash: AtomicU64,
+    /// Commits still to lose the reply of ([`FaultyStorage::lose_next_replies`]).
+    lose_next: AtomicU64,
+    /// Commits still to drop unapplied, reported as unknown ([`FaultyStorage::drop_next_requests`]).
+    drop_next: AtomicU64,
+    /// Commits it accepts fail before reaching the store ([`FaultyStorage::refuse_commits`]).
+    refusing: Mutex<Option<CommitFilter>>,
+    /// Commits still to stop at the gate, and the gate.
+    paused: Mutex<Option<(usize, CommitGate)>>,
+}
+
+/// Which commits [`FaultyStorage::refuse_commits_where`] refuses.
+type CommitFilter = Arc<dyn Fn(&CommitBatch) -> bool + Send + Sync>;
+
+/// A gate commits wait at (see [`FaultyStorage::pause_next_commits`]).
+#[derive(Clone, Debug)]
+pub struct CommitGate {
+    permits: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl CommitGate {
+    /// Lets every commit waiting at the gate, and every later one it holds, go on.
+    pub fn open(&self) {
+        self.permits.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+
+    /// Commits waiting at the gate now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` commits wait at the gate (polling; for tests).
+    pub async fn until_waiting(&self, n: usize) {
+        while self.waiting() < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    async fn pass(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        if let Ok(permit) = self.permits.acquire().await {
+            permit.forget();
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl FaultyStorage {
@@ -129,7 +183,60 @@ impl FaultyStorage {
             lost_replies: AtomicU64::new(0),
             failed_reads: AtomicU64::new(0),
             refused_after_crash: AtomicU64::new(0),
+            lose_next: AtomicU64::new(0),
+            drop_next: AtomicU64::new(0),
+            refusing: Mutex::new(None),
+            paused: Mutex::new(None),
         }
+    }
+
+    /// The next `n` commits are applied and their replies lost (`OutcomeUnknown`), whatever
+    /// the configured probabilities say.
+    pub fn lose_next_replies(&self, n: u64) {
+        self.lose_next.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` commits are lost before reaching the inner store, and reported as
+    /// `OutcomeUnknown` (a timeout: the caller cannot tell whether they were applied).
+    pub fn drop_next_requests(&self, n: u64) {
+        self.drop_next.store(n, Ordering::SeqCst);
+    }
+
+    /// While `on`, every commit fails with `Unavailable` without reaching the inner store
+    /// (other calls go through): the backend is down for writes.
+    pub fn refuse_commits(&self, on: bool) {
+        *self.refusing.lock() = on.then(|| Arc::new(|_: &CommitBatch| true) as CommitFilter);
+    }
+
+    /// From now on, the commits `refuse` accepts fail with `Unavailable` without reaching the
+    /// inner store (until [`FaultyStorage::refuse_commits`]`(false)`).
+    pub fn refuse_commits_where(
+        &self,
+        refuse: impl Fn(&CommitBatch) -> bool + Send + Sync + 'static,
+    ) {
+        *self.refusing.lock() = Some(Arc::new(refuse));
+    }
+
+    /// The next `n` commits wait, before reaching the inner store, until the returned gate
+    /// is opened: they stay in flight for as long as a test needs.
+    pub fn pause_next_commits(&self, n: usize) -> CommitGate {
+        let gate = CommitGate {
+            permits: Arc::new(Semaphore::new(0)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+        };
+        *self.paused.lock() = Some((n, gate.clone()));
+        gate
+    }
+
+    /// The gate this commit must wait at, if any.
+    fn gate(&self) -> Option<CommitGate> {
+        let mut paused = self.paused.lock();
+        let (left, gate) = paused.as_mut()?;
+        if *left == 0 {
+            return None;
+        }
+        *left -= 1;
+        Some(gate.clone())
     }
 
     /// The configuration in force (probabilities clamped to `[0, 1]`).
@@ -211,6 +318,7 @@ impl fmt::Debug for FaultyStorage {
     }
 }
 
+#[deny(clippy::missing_trait_methods)]
 impl Storage for FaultyStorage {
     fn name(&self) -> &'static str {
         "faulty"
@@ -219,14 +327,38 @@ impl Storage for FaultyStorage {
     fn commit(&self, batch: CommitBatch) -> BoxFuture<'_, Result<CommitOutcome, StorageError>> {
         Box::pin(async move {
             self.refuse_if_crashed()?;
+            if let Some(gate) = self.gate() {
+                gate.pass().await;
+            }
             let u = self.draw();
-            if u < self.config.fail_before {
+            let refuse = self.refusing.lock().clone();
+            if refuse.is_some_and(|refuse| refuse(&batch)) {
+                self.failed_before.fetch_add(1, Ordering::Relaxed);
+                return Err(StorageError::Unavailable(
+                    "injected fault: the backend refuses commits".into(),
+                ));
+            }
+            let dropped = self
+                .drop_next
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if dropped {
+                self.lost_replies.fetch_add(1, Ordering::Relaxed);
+                return Err(StorageError::OutcomeUnknown(
+                    "injected fault: request lost before reaching the backend".into(),
+                ));
+            }
+            let lose_forced = self
+                .lose_next
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if u < self.config.fail_before && !lose_forced {
                 self.failed_before.fetch_add(1, Ordering::Relaxed);
                 return Err(StorageError::Unavailable(
                     "injected fault: commit lost before reaching the backend".into(),
                 ));
             }
-            let lose_reply = u < self.config.fail_before + self.config.fail_after;
+            let lose_reply = lose_forced || u < self.config.fail_before + self.config.fail_after;
             let result = self.inner.commit(batch).await;
             let applied = matches!(result, Ok(_) | Err(StorageError::OutcomeUnknown(_)));
             if applied && self.crash.is_crashed() {
@@ -303,6 +435,14 @@ impl Storage for FaultyStorage {
         Box::pin(async move {
             self.refuse_if_crashed()?;
             let result = self.inner.close().await;
+            self.reply(result)
+        })
+    }
+
+    fn reclaim_orphans(&self, older_than: Duration) -> BoxFuture<'_, Result<u64, StorageError>> {
+        Box::pin(async move {
+            self.refuse_if_crashed()?;
+            let result = self.inner.reclaim_orphans(older_than).await;
             self.reply(result)
         })
     }
@@ -518,6 +658,106 @@ mod tests {
                 _ => assert!(pair[1] == "Ok([Some(b\"v\")])" || pair[1].starts_with("Err")),
             }
         }
+    }
+
+    /// A store with orphans to reclaim: reports how many it was asked to reclaim.
+    struct WithOrphans(MemoryStorage);
+
+    impl Storage for WithOrphans {
+        fn name(&self) -> &'static str {
+            "with-orphans"
+        }
+        fn commit(
+            &self,
+            batch: crate::storage::CommitBatch,
+        ) -> crate::storage::BoxFuture<'_, Result<CommitOutcome, StorageError>> {
+            self.0.commit(batch)
+        }
+        fn get_versions(
+            &self,
+            keys: Vec<crate::storage::VersionKey>,
+        ) -> crate::storage::BoxFuture<'_, Result<Vec<Option<Bytes>>, StorageError>> {
+            self.0.get_versions(keys)
+        }
+        fn scan_commits(
+            &self,
+            after: Option<crate::storage::VersionId>,
+            limit: usize,
+        ) -> crate::storage::BoxFuture<'_, Result<Vec<crate::storage::CommitRecord>, StorageError>>
+        {
+            self.0.scan_commits(after, limit)
+        }
+        fn find_idempotent(
+            &self,
+            key: Bytes,
+        ) -> crate::storage::BoxFuture<'_, Result<Option<crate::storage::VersionId>, StorageError>>
+        {
+            self.0.find_idempotent(key)
+        }
+        fn delete(
+            &self,
+            versions: Vec<crate::storage::VersionKey>,
+            commits: Vec<crate::storage::VersionId>,
+        ) -> crate::storage::BoxFuture<'_, Result<(), StorageError>> {
+            self.0.delete(versions, commits)
+        }
+        fn close(&self) -> crate::storage::BoxFuture<'_, Result<(), StorageError>> {
+            self.0.close()
+        }
+        fn reclaim_orphans(
+            &self,
+            older_than: std::time::Duration,
+        ) -> crate::storage::BoxFuture<'_, Result<u64, StorageError>> {
+            Box::pin(async move { Ok(older_than.as_secs()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn orphan_reclamation_reaches_the_inner_store() {
+        let s = FaultyStorage::new(
+            Arc::new(WithOrphans(MemoryStorage::new())),
+            FaultConfig::new(5),
+        );
+        let reclaimed = s.reclaim_orphans(std::time::Duration::from_secs(7)).await;
+        assert_eq!(plain(reclaimed), Ok(7));
+        s.crash();
+        assert!(s
+            .reclaim_orphans(std::time::Duration::from_secs(7))
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn on_demand_faults_lose_refuse_and_pause() {
+        let s = faulty(FaultConfig::new(6));
+        s.lose_next_replies(1);
+        let lost = s.commit(batch(vid(1, 1), None, &[(b"k", b"v")])).await;
+        assert!(
+            matches!(lost, Err(StorageError::OutcomeUnknown(_))),
+            "{lost:?}"
+        );
+        assert_eq!(scan_all(&**s.inner()).await.len(), 1, "applied");
+        s.refuse_commits(true);
+        let refused = s.commit(batch(vid(2, 2), None, &[(b"k", b"w")])).await;
+        assert!(
+            matches!(refused, Err(StorageError::Unavailable(_))),
+            "{refused:?}"
+        );
+        s.refuse_commits(false);
+        let gate = s.pause_next_commits(1);
+        let store = s.clone();
+        let paused =
+            tokio::spawn(
+                async move { store.commit(batch(vid(3, 3), None, &[(b"k", b"x")])).await },
+            );
+        gate.until_waiting(1).await;
+        assert_eq!(scan_all(&**s.inner()).await.len(), 1, "still in flight");
+        gate.open();
+        assert_eq!(
+            plain(paused.await.expect("task")),
+            Ok(CommitOutcome::Committed)
+        );
+        assert_eq!(scan_all(&**s.inner()).await.len(), 2);
     }
 
     #[test]

@@ -52,6 +52,10 @@ impl MemoryStorage {
         let mut state = self.state.write();
         self.check_open()?;
         let CommitBatch { versions, record } = batch;
+        if state.commits.contains_key(&record.id) {
+            // Sent again after an unknown outcome: the first attempt applied.
+            return Ok(CommitOutcome::Committed);
+        }
         if let Some(key) = &record.idempotency_key {
             if let Some(existing) = state.idempotency.get(key) {
                 return Ok(CommitOutcome::Duplicate(*existing));

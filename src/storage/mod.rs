@@ -31,8 +31,14 @@
 //!   a restarted node rebuilds its commit set by paging through it.
 //! * [`Storage::delete`] removes versions and commit records; deleting what does not exist is
 //!   not an error (idempotent).
-//! * Callers never commit two batches with the same [`VersionId`] (ids embed a unique
-//!   transaction id); what a backend does if they did is unspecified.
+//! * **A commit is idempotent by its id.** Callers never commit two *different* batches with
+//!   the same [`VersionId`] (ids embed a unique transaction id), but they do send the *same*
+//!   batch again after [`StorageError::OutcomeUnknown`], to settle the outcome. If the first
+//!   attempt created the commit record (or creates it later: a request that arrives late
+//!   finds the record and writes nothing), the retry returns `Ok(CommitOutcome::Committed)`
+//!   — or `Duplicate` naming the batch's own id — and leaves one record; if it did not, the
+//!   retry commits exactly as the first attempt would have. Either way, once a retry
+//!   returned `Ok`, the outcome is known and final.
 //! * [`Storage::close`] is idempotent: once the first close has flushed, later closes return
 //!   `Ok` and every other call fails with [`StorageError::Closed`].
 //!

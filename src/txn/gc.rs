@@ -2,9 +2,9 @@
 //!
 //! # What is garbage
 //!
-//! * A **version** is garbage once it left the [`Index`]: superseded by a newer version and
+//! * A **version** is garbage once it left the [`Index`](super::index::Index): superseded by a newer version and
 //!   invisible to every running and future reader, or the sole, dead version of a key that
-//!   was removed (see [`Index::sweep_shard`]). Its stored value is deleted (a tombstone
+//!   was removed (see [`Index::sweep_shard`](super::index::Index::sweep_shard)). Its stored value is deleted (a tombstone
 //!   stores none), and its commit record loses one live key.
 //! * A **commit record** is garbage once none of its keys is live in the index, and stays
 //!   stored for a retention measured from that moment: `idempotency_retention` if it holds
@@ -50,7 +50,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::clock;
-use super::index::{Dropped, Index};
+use super::index::Dropped;
 use super::record::Kind;
 use super::Engine;
 use crate::storage::{TxnId, VersionId, VersionKey};
@@ -74,12 +74,29 @@ pub struct Watermark {
 /// reads; both are released when it ends. Clocks handed out never go backwards, even if the
 /// wall clock does, so that a transaction that begins after a collection round never
 /// considers live a key that round found expired.
+///
+/// Each pin gets a *ticket*, increasing in pin order. [`Snapshots::revoke_older_than`]
+/// revokes the oldest pins: their pins and clocks stop holding garbage collection back, and
+/// every ticket below [`Snapshots::revoked_below`] is revoked (the engine mirrors it in an
+/// atomic so that a transaction checks its ticket without locking).
 #[derive(Debug, Default)]
 pub struct Snapshots {
     pins: BTreeMap<u64, usize>,
     clocks: BTreeMap<u64, usize>,
+    /// Live (not revoked) pins by ticket.
+    pinned: BTreeMap<u64, PinnedReader>,
+    next_ticket: u64,
+    revoked_below: u64,
     /// The greatest clock handed out or used by a round.
     floor: u64,
+}
+
+/// A pinned, not revoked, transaction.
+#[derive(Debug, Clone, Copy)]
+struct PinnedReader {
+    seq: u64,
+    clock: u64,
+    at: Instant,
 }
 
 fn add(set: &mut BTreeMap<u64, usize>, at: u64) {
@@ -102,14 +119,24 @@ impl Snapshots {
         self.floor
     }
 
-    /// Registers a reader pinned at `seq` (the current sequence number).
-    pub fn pin(&mut self, seq: u64) {
+    /// Registers a reader pinned at `seq` (the current sequence number) whose clock is
+    /// `clock`, at time `at`; returns its ticket.
+    pub fn pin(&mut self, seq: u64, clock: u64, at: Instant) -> u64 {
         add(&mut self.pins, seq);
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.pinned.insert(ticket, PinnedReader { seq, clock, at });
+        ticket
     }
 
-    /// Releases a pin taken by [`Snapshots::pin`].
-    pub fn unpin(&mut self, seq: u64) {
-        remove(&mut self.pins, seq);
+    /// Whether the pin with this ticket was revoked.
+    pub fn is_revoked(&self, ticket: u64) -> bool {
+        ticket < self.revoked_below
+    }
+
+    /// Tickets below this are revoked.
+    pub fn revoked_below(&self) -> u64 {
+        self.revoked_below
     }
 
     /// Registers the clock of a transaction that begins; returns it.
@@ -119,19 +146,63 @@ impl Snapshots {
         now
     }
 
-    /// Moves a registered clock from `old` to now (never backwards); returns the new value.
-    pub fn move_clock(&mut self, old: u64) -> u64 {
+    /// Moves the clock of a transaction (pinned with `ticket`, if it is) from `old` to now
+    /// (never backwards); returns the new value.
+    pub fn move_clock(&mut self, ticket: Option<u64>, old: u64) -> u64 {
         let now = self.now().max(old);
+        if ticket.is_some_and(|t| self.is_revoked(t)) {
+            // Its registrations were released when it was revoked.
+            return now;
+        }
         if now != old {
             remove(&mut self.clocks, old);
             add(&mut self.clocks, now);
+            if let Some(reader) = ticket.and_then(|t| self.pinned.get_mut(&t)) {
+                reader.clock = now;
+            }
         }
         now
     }
 
-    /// Releases a clock registered by [`Snapshots::start_clock`] (at its last value).
-    pub fn stop_clock(&mut self, at: u64) {
-        remove(&mut self.clocks, at);
+    /// Releases what a transaction registered: its pin `(seq, ticket)` if it took one, and
+    /// its clock at its last value. A revoked pin's registrations are already released.
+    pub fn release(&mut self, pin: Option<(u64, u64)>, clock: u64) {
+        match pin {
+            Some((_, ticket)) if self.is_revoked(ticket) => {}
+            Some((seq, ticket)) => {
+                remove(&mut self.pins, seq);
+                self.pinned.remove(&ticket);
+                remove(&mut self.clocks, clock);
+            }
+            None => remove(&mut self.clocks, clock),
+        }
+    }
+
+    /// Revokes every pin taken `max_age` or more before `now` (zero: none); returns how many.
+    pub fn revoke_older_than(&mut self, max_age: Duration, now: Instant) -> usize {
+        if max_age.is_zero() {
+            return 0;
+        }
+        let mut revoked = 0;
+        while let Some((&ticket, reader)) = self.pinned.first_key_value() {
+            if now.saturating_duration_since(reader.at) < max_age {
+                break;
+            }
+            let reader = *reader;
+            self.pinned.remove(&ticket);
+            remove(&mut self.pins, reader.seq);
+            remove(&mut self.clocks, reader.clock);
+            self.revoked_below = ticket + 1;
+            revoked += 1;
+        }
+        revoked
+    }
+
+    /// How long ago the oldest live pin was taken.
+    pub fn oldest_pin_age(&self, now: Instant) -> Option<Duration> {
+        self.pinned
+            .first_key_value()
+            .map(|(_, r)| now.saturating_duration_since(r.at))
     }
 
     /// The lowest pin a running or future reader can have, `current` being the sequence of
@@ -464,8 +535,25 @@ async fn run(engine: Weak<Engine>, interval: Duration, stop: Arc<Notify>) {
 impl Engine {
     /// The watermark below which garbage collection may act: the one place that decides
     /// which versions running and future transactions may still read.
+    ///
+    /// Snapshots older than the limit are revoked first: they no longer hold it back.
     pub(crate) fn watermark(&self) -> Watermark {
         let mut snapshots = self.snapshots.lock();
+        let revoked = snapshots.revoke_older_than(self.max_snapshot_age, Instant::now());
+        if revoked > 0 {
+            // Published before any version they could read is dropped (the round prunes
+            // after this, under the index's locks).
+            self.revoked_below
+                .store(snapshots.revoked_below(), Ordering::Release);
+            self.stats
+                .snapshots_revoked
+                .fetch_add(revoked as u64, Ordering::Relaxed);
+            tracing::warn!(
+                revoked,
+                max_age_ms = self.max_snapshot_age.as_millis() as u64,
+                "revoked snapshots older than the limit: their transactions get 'snapshot too old'"
+            );
+        }
         snapshots.watermark(self.seq.load(Ordering::Acquire))
     }
 
@@ -490,7 +578,7 @@ impl Engine {
             }
         }
         let mark = self.watermark();
-        sweep(&self.index, &self.gc.tracker, mark, &mut report);
+        self.sweep(mark, &mut report);
         self.stats
             .keys_removed
             .fetch_add(report.keys_removed as u64, Ordering::Relaxed);
@@ -568,26 +656,54 @@ impl Engine {
     }
 }
 
-/// Sweeps every shard of `index` at `mark`, accounting what left it in `tracker`.
-fn sweep(index: &Index, tracker: &Mutex<Tracker>, mark: Watermark, report: &mut GcReport) {
-    for shard in 0..index.shard_count() {
-        // Locked only if the shard has work; the shard lock is taken first (publication
-        // never holds the tracker while it takes a shard lock).
-        let mut guard = None;
-        let swept = index.sweep_shard(shard, mark.min_pin, mark.min_now, &mut |key| {
-            guard
-                .get_or_insert_with(|| tracker.lock())
-                .records_listing(key)
-                <= 1
-        });
-        report.keys_removed += swept.removed_keys;
-        if swept.dropped.is_empty() {
-            continue;
+impl Engine {
+    /// Sweeps every shard of the index at `mark`, accounting what left it in the tracker.
+    ///
+    /// A dead key (its sole version a tombstone or expired) is removed only if nothing could
+    /// bring an older version of it back: no other stored commit record lists it (recovery
+    /// would resurrect that record's version), and no commit on it is in flight or of
+    /// unknown outcome (its version, older than any commit validated from now on, could still
+    /// be published). Both are checked without holding index locks; the removal then
+    /// re-checks, under the shard's lock, that the key is unchanged and not watched.
+    fn sweep(&self, mark: Watermark, report: &mut GcReport) {
+        for shard in 0..self.index.shard_count() {
+            let swept = self.index.sweep_shard(shard, mark.min_pin, mark.min_now);
+            if !swept.dropped.is_empty() {
+                report.versions_dropped += swept.dropped.len();
+                self.gc
+                    .tracker
+                    .lock()
+                    .discard(swept.dropped, Instant::now());
+            }
+            if swept.dead.is_empty() {
+                continue;
+            }
+            let mut dead = swept.dead;
+            {
+                let tracker = self.gc.tracker.lock();
+                dead.retain(|d| tracker.records_listing(&d.key) <= 1);
+            }
+            {
+                let inflight = self.inflight.lock();
+                dead.retain(|d| !inflight.keys.contains_key(&d.key));
+            }
+            if dead.is_empty() {
+                continue;
+            }
+            let removed = self
+                .index
+                .remove_dead(shard, dead, mark.min_pin, mark.min_now, &|key| {
+                    self.is_watched(key)
+                });
+            report.keys_removed += removed.removed_keys;
+            if !removed.dropped.is_empty() {
+                report.versions_dropped += removed.dropped.len();
+                self.gc
+                    .tracker
+                    .lock()
+                    .discard(removed.dropped, Instant::now());
+            }
         }
-        report.versions_dropped += swept.dropped.len();
-        guard
-            .get_or_insert_with(|| tracker.lock())
-            .discard(swept.dropped, Instant::now());
     }
 }
 
@@ -707,12 +823,15 @@ mod tests {
     fn watermark_is_below_every_pin_and_clock() {
         let mut s = Snapshots::default();
         assert_eq!(s.watermark(7).min_pin, 7);
-        s.pin(3);
-        s.pin(5);
+        let at = Instant::now();
+        let c3 = s.start_clock();
+        let t3 = s.pin(3, c3, at);
+        let c5 = s.start_clock();
+        let t5 = s.pin(5, c5, at);
         assert_eq!(s.min_pin(7), 3);
-        s.unpin(3);
+        s.release(Some((3, t3)), c3);
         assert_eq!(s.min_pin(7), 5);
-        s.unpin(5);
+        s.release(Some((5, t5)), c5);
         assert_eq!(s.min_pin(7), 7);
 
         let wall = clock::wall_ms();
@@ -723,13 +842,44 @@ mod tests {
         let b = s.start_clock();
         assert!(b > a);
         assert_eq!(s.watermark(0).min_now, a);
-        let a2 = s.move_clock(a);
+        let a2 = s.move_clock(None, a);
         assert!(a2 >= b);
         assert_eq!(s.watermark(0).min_now, b);
-        s.stop_clock(a2);
-        s.stop_clock(b);
+        s.release(None, a2);
+        s.release(None, b);
         // With no transaction, the round's own clock, never behind a clock handed out.
         assert!(s.watermark(0).min_now >= a2);
+    }
+
+    #[test]
+    fn old_pins_are_revoked_and_release_nothing_twice() {
+        let mut s = Snapshots::default();
+        let start = Instant::now();
+        let old_clock = s.start_clock();
+        let old = s.pin(1, old_clock, start);
+        let young_clock = s.start_clock();
+        let young = s.pin(1, young_clock, start + Duration::from_secs(50));
+        assert_eq!(
+            s.oldest_pin_age(start + Duration::from_secs(60)),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            s.revoke_older_than(Duration::ZERO, start + Duration::from_secs(60)),
+            0
+        );
+        assert_eq!(
+            s.revoke_older_than(Duration::from_secs(60), start + Duration::from_secs(60)),
+            1
+        );
+        assert!(s.is_revoked(old));
+        assert!(!s.is_revoked(young));
+        assert_eq!(s.min_pin(9), 1, "the young pin still holds");
+        // The revoked transaction ends: its registrations are not released twice.
+        s.release(Some((1, old)), old_clock);
+        assert_eq!(s.min_pin(9), 1);
+        s.release(Some((1, young)), young_clock);
+        assert_eq!(s.min_pin(9), 9);
+        assert_eq!(s.oldest_pin_age(start), None);
     }
 
     /// A memory store whose deletions fail on demand, and whose commits can fail after
@@ -798,19 +948,20 @@ mod tests {
             gc_interval: Duration::ZERO,
             idempotency_retention: retention,
             status_retention: retention,
+            max_snapshot_age: Duration::ZERO,
         }
     }
 
     async fn set(engine: &Arc<Engine>, k: &'static str, v: &'static str) -> VersionId {
         let mut txn = engine.begin();
         txn.put(key(k), Entry::string(key(v)));
-        txn.commit(&HashMap::new()).await.unwrap().unwrap()
+        txn.commit().await.unwrap().unwrap()
     }
 
     async fn del(engine: &Arc<Engine>, k: &'static str) -> VersionId {
         let mut txn = engine.begin();
         txn.delete(key(k));
-        txn.commit(&HashMap::new()).await.unwrap().unwrap()
+        txn.commit().await.unwrap().unwrap()
     }
 
     async fn get(engine: &Arc<Engine>, k: &'static str) -> Option<Bytes> {
@@ -880,7 +1031,7 @@ mod tests {
             let mut txn = engine.begin();
             txn.put(key("k"), Entry::string(key("k1")));
             txn.put(key("j"), Entry::string(key("j1")));
-            txn.commit(&HashMap::new()).await.unwrap().unwrap()
+            txn.commit().await.unwrap().unwrap()
         };
         let gone = del(&engine, "k").await;
         let report = engine.collect_garbage().await;
@@ -937,7 +1088,7 @@ mod tests {
                     ..Entry::string(key("v"))
                 },
             );
-            txn.commit(&HashMap::new()).await.unwrap().unwrap()
+            txn.commit().await.unwrap().unwrap()
         };
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(
@@ -957,7 +1108,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn removal_by_gc_is_not_a_conflict_nor_a_watch_failure() {
+    async fn removal_by_gc_is_not_a_conflict() {
         let storage = Arc::new(MemoryStorage::new());
         let mut config = config(Duration::ZERO);
         config.idempotency_retention = Duration::from_secs(60);
@@ -967,17 +1118,60 @@ mod tests {
         let mut txn = engine.begin();
         txn.set_idempotency_key(key("del"));
         txn.delete(key("k"));
-        txn.commit(&HashMap::new()).await.unwrap().unwrap();
-        let watched = engine.watch(b"k");
+        txn.commit().await.unwrap().unwrap();
         let mut txn = engine.begin();
         assert!(txn.get_for_update(&key("k")).await.unwrap().is_none());
         assert_eq!(engine.collect_garbage().await.keys_removed, 0);
         assert_eq!(engine.collect_garbage().await.keys_removed, 1);
         assert_eq!(engine.gc_gauges().versions, 0);
         txn.put(key("k"), Entry::string(key("2")));
-        let watches = HashMap::from([(key("k"), watched)]);
-        txn.commit(&watches).await.unwrap().unwrap();
+        txn.commit().await.unwrap().unwrap();
         assert_eq!(get(&engine, "k").await.unwrap(), key("2"));
+    }
+
+    #[tokio::test]
+    async fn a_watched_key_stays_in_the_index_until_unwatched() {
+        let storage = Arc::new(MemoryStorage::new());
+        let engine = Engine::open(storage.clone(), config(Duration::ZERO))
+            .await
+            .unwrap();
+        set(&engine, "k", "1").await;
+        del(&engine, "k").await;
+        let mut watches = engine.watches();
+        watches.watch(&key("k"));
+        engine.collect_garbage().await;
+        engine.collect_garbage().await;
+        assert_eq!(engine.gc_gauges().versions, 1, "the tombstone stays");
+        // Nothing changed: EXEC passes.
+        let mut txn = engine.begin();
+        txn.put(key("other"), Entry::string(key("x")));
+        txn.commit_watched(&watches).await.unwrap().unwrap();
+        watches.clear();
+        engine.collect_garbage().await;
+        engine.collect_garbage().await;
+        assert_eq!(engine.gc_gauges().versions, 1, "only 'other' is left");
+    }
+
+    #[tokio::test]
+    async fn a_watch_of_an_absent_key_fails_after_a_set_and_a_del_collected_by_gc() {
+        let storage = Arc::new(MemoryStorage::new());
+        let engine = Engine::open(storage.clone(), config(Duration::ZERO))
+            .await
+            .unwrap();
+        let mut watches = engine.watches();
+        watches.watch(&key("k"));
+        // Another client: SET then DEL, and garbage collection runs.
+        set(&engine, "k", "1").await;
+        del(&engine, "k").await;
+        for _ in 0..3 {
+            engine.collect_garbage().await;
+        }
+        let mut txn = engine.begin();
+        txn.put(key("k"), Entry::string(key("2")));
+        assert!(matches!(
+            txn.commit_watched(&watches).await,
+            Err(crate::txn::TxnError::WatchFailed)
+        ));
     }
 
     #[tokio::test]
@@ -987,18 +1181,16 @@ mod tests {
             .await
             .unwrap();
         del(&engine, "k").await;
-        let watched = engine.watch(b"k");
+        let mut watches = engine.watches();
+        watches.watch(&key("k"));
         set(&engine, "k", "1").await;
         del(&engine, "k").await;
-        // Retention zero: the records of the watched tombstone and of "1" go, then k.
         engine.collect_garbage().await;
         engine.collect_garbage().await;
-        assert_eq!(engine.gc_gauges().versions, 0);
         let mut txn = engine.begin();
         txn.put(key("k"), Entry::string(key("2")));
-        let watches = HashMap::from([(key("k"), watched)]);
         assert!(matches!(
-            txn.commit(&watches).await,
+            txn.commit_watched(&watches).await,
             Err(crate::txn::TxnError::WatchFailed)
         ));
     }
@@ -1013,7 +1205,7 @@ mod tests {
         let mut txn = engine.begin();
         let id = txn.id();
         txn.put(key("k"), Entry::string(key("v")));
-        assert!(txn.commit(&HashMap::new()).await.is_err());
+        assert!(txn.commit().await.is_err());
         storage.fail_commits.store(false, Ordering::SeqCst);
         let version = storage.last_commit.lock().unwrap();
         assert_eq!(version.txn, id);

@@ -6,6 +6,22 @@
 //! commit record, then publishing the commit to the index — in that order, so that no reader
 //! ever sees part of a transaction or anything that is not durable.
 //!
+//! # Commit outcomes
+//!
+//! A commit the backend acknowledged is published at once. One that certainly failed leaves
+//! nothing visible (its orphan versions are reclaimed). One whose outcome is unknown (the
+//! reply was lost: the backend may have applied it) is never forgotten: its keys stay fenced
+//! for conflict checks and garbage collection, and a background task settles it by sending
+//! the same commit again (commits are idempotent by id, see the storage contract) until the
+//! backend answers; the commit is then published, or reclaimed (see [`resolve`]).
+//!
+//! # Snapshots that grow too old
+//!
+//! A snapshot holds back garbage collection of every version it can read. A snapshot older
+//! than [`EngineConfig::max_snapshot_age`] stops doing so: garbage collection revokes it, and
+//! the transaction's next read (or its commit, if it validated reads) fails with
+//! [`TxnError::SnapshotTooOld`].
+//!
 //! The core knows nothing of RESP or of any concrete backend.
 
 pub mod clock;
@@ -13,9 +29,11 @@ pub mod gc;
 pub mod index;
 pub mod open;
 pub mod record;
+mod resolve;
+mod watch;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +46,10 @@ use crate::storage::{
 use clock::Clock;
 use gc::{Collector, Snapshots};
 pub use gc::{GcGauges, GcReport};
-use index::{Index, VersionMeta};
+use index::{Index, VersionMeta, MAX_POSITION};
 pub use record::{Entry, Kind, Value, WriteMeta};
+use resolve::Unresolved;
+pub use watch::{WatchState, Watches};
 
 /// Why a transaction did not commit.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -44,12 +64,24 @@ pub enum TxnError {
     /// A commit with the same idempotency key already exists (its version id is given).
     #[error("a transaction with this idempotency key already committed")]
     Duplicate(VersionId),
+    /// The transaction's snapshot is older than the configured limit: what it could read
+    /// may have been collected. Nothing was written; it may be run again.
+    #[error("snapshot too old: the transaction read a snapshot taken more than {} ms ago", .0.as_millis())]
+    SnapshotTooOld(Duration),
     /// The backend failed; see [`StorageError`] for whether anything was committed.
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// A bug: the commit task ended without an outcome.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl TxnError {
+    /// Whether the transaction can simply run again from scratch, its client having seen
+    /// nothing of it (write conflicts and revoked snapshots).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, TxnError::Conflict | TxnError::SnapshotTooOld(_))
+    }
 }
 
 /// Tuning of an [`Engine`].
@@ -66,6 +98,9 @@ pub struct EngineConfig {
     /// How long any other commit record is kept after its versions are superseded, so that
     /// AFT.STATUS can still report the transaction as committed.
     pub status_retention: Duration,
+    /// The longest a snapshot holds garbage collection back; older snapshots are revoked
+    /// (see the module documentation). Zero: no limit.
+    pub max_snapshot_age: Duration,
 }
 
 impl Default for EngineConfig {
@@ -75,6 +110,7 @@ impl Default for EngineConfig {
             gc_interval: Duration::from_secs(1),
             idempotency_retention: Duration::from_secs(24 * 3600),
             status_retention: Duration::from_secs(60),
+            max_snapshot_age: Duration::from_secs(60),
         }
     }
 }
@@ -108,14 +144,22 @@ pub struct Stats {
     pub gc_errors: AtomicU64,
     /// Orphan versions (written by commits that never got a commit record) reclaimed.
     pub orphans_reclaimed: AtomicU64,
+    /// Commits whose outcome the backend left unknown (a lost reply).
+    pub outcome_unknown: AtomicU64,
+    /// Of those, commits found to be committed (and then published).
+    pub unknown_committed: AtomicU64,
+    /// Of those, commits found not to be committed (their keys were released).
+    pub unknown_aborted: AtomicU64,
+    /// Snapshots revoked for being older than the limit.
+    pub snapshots_revoked: AtomicU64,
 }
 
-/// What WATCH remembers about a key: the version it had and until when it was live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WatchState {
-    version: Option<VersionId>,
-    /// Expiry of the watched version if the key was live when watched (0: no expiry).
-    live_until: Option<u64>,
+/// Keys of commits that are validated but not yet published (or whose outcome is not yet
+/// known), and FLUSHALLs between taking their timestamp and fencing their keys.
+#[derive(Default, Debug)]
+struct Inflight {
+    keys: HashMap<Bytes, usize>,
+    flushing: usize,
 }
 
 /// One node's transaction engine. Cheap to share: wrap it in an `Arc`.
@@ -129,14 +173,24 @@ pub struct Engine {
     publish_lock: Mutex<()>,
     /// Pins and clocks of running transactions.
     snapshots: Mutex<Snapshots>,
+    /// Tickets of pinned snapshots below this are revoked (see [`Snapshots`]).
+    revoked_below: AtomicU64,
+    max_snapshot_age: Duration,
     /// Garbage collection bookkeeping and its background task.
     gc: Collector,
-    /// Keys written by commits that are validated but not yet published.
-    inflight: Mutex<HashMap<Bytes, usize>>,
+    /// Commits in flight: validation reserves their keys here (first committer wins).
+    inflight: Mutex<Inflight>,
+    /// Keys under WATCH by some connection -> number of watchers. Garbage collection does
+    /// not remove a watched key from the index, so that its latest version only grows.
+    watched: Mutex<HashMap<Bytes, usize>>,
     /// Woken whenever a commit is published, for transactions waiting to retry.
     published: tokio::sync::Notify,
-    node: u64,
-    next_txn: AtomicU64,
+    /// Set by [`Engine::close`]: unresolved commits stop being retried.
+    closing: AtomicBool,
+    /// Wakes the tasks resolving unknown outcomes when the engine closes.
+    resolvers_stop: Arc<tokio::sync::Notify>,
+    /// Commits whose outcome is being resolved.
+    unresolved: AtomicU64,
     stats: Stats,
 }
 
@@ -153,11 +207,15 @@ impl Engine {
             seq: AtomicU64::new(0),
             publish_lock: Mutex::new(()),
             snapshots: Mutex::new(Snapshots::default()),
+            revoked_below: AtomicU64::new(0),
+            max_snapshot_age: config.max_snapshot_age,
             gc: Collector::new(config.idempotency_retention, config.status_retention),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(Inflight::default()),
+            watched: Mutex::new(HashMap::new()),
             published: tokio::sync::Notify::new(),
-            node: random_u64(),
-            next_txn: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
+            resolvers_stop: Arc::new(tokio::sync::Notify::new()),
+            unresolved: AtomicU64::new(0),
             stats: Stats::default(),
         });
         engine.recover().await?;
@@ -193,9 +251,19 @@ impl Engine {
         self.storage.name()
     }
 
-    /// Stops garbage collection (waiting for a round in progress), then flushes and closes
+    /// Stops garbage collection (waiting for a round in progress) and the resolution of
+    /// unknown outcomes (a restarted node finds them in the store), then flushes and closes
     /// the backend.
     pub async fn close(&self) -> Result<(), StorageError> {
+        self.closing.store(true, Ordering::Release);
+        self.resolvers_stop.notify_waiters();
+        let unresolved = self.unresolved.load(Ordering::Relaxed);
+        if unresolved > 0 {
+            tracing::warn!(
+                unresolved,
+                "closing with commits whose outcome is unknown; a restart settles them"
+            );
+        }
         self.gc.stop().await;
         self.storage.close().await
     }
@@ -205,21 +273,35 @@ impl Engine {
         &self.stats
     }
 
+    /// Commits whose outcome is unknown and still being resolved.
+    pub fn unresolved_commits(&self) -> u64 {
+        self.unresolved.load(Ordering::Relaxed)
+    }
+
     /// `(versions held in memory, bytes of cached values)`.
     pub fn memory_stats(&self) -> (usize, usize) {
         (self.index.version_count(), self.index.cached_bytes())
     }
 
-    /// `(keys, keys with an expiry)` live now, as of the latest commit.
+    /// `(keys, keys with an expiry)` live now, as of the latest published commit. Costs
+    /// O(shards), not O(keys).
     pub fn key_counts(&self) -> (usize, usize) {
-        self.index
-            .count_live(self.seq.load(Ordering::Acquire), clock::wall_ms())
+        // No commit is half published while the publication lock is held.
+        let _published = self.publish_lock.lock();
+        self.index.key_counts(clock::wall_ms())
+    }
+
+    /// The age of the oldest snapshot still pinned by a running transaction.
+    pub fn oldest_snapshot_age(&self) -> Option<Duration> {
+        self.snapshots
+            .lock()
+            .oldest_pin_age(std::time::Instant::now())
     }
 
     /// Starts a transaction. It pins its snapshot at its first read.
     pub fn begin(self: &Arc<Self>) -> Txn {
         Txn {
-            id: self.new_txn_id(),
+            id: new_txn_id(),
             engine: self.clone(),
             pin: None,
             now_ms: self.snapshots.lock().start_clock(),
@@ -228,38 +310,8 @@ impl Engine {
             reads: HashMap::new(),
             checks: HashMap::new(),
             idempotency_key: None,
-        }
-    }
-
-    /// Records the current state of `key` for WATCH.
-    pub fn watch(&self, key: &[u8]) -> WatchState {
-        let now = clock::wall_ms();
-        // The newest *published* version: a commit being published right now is already in
-        // the index but not yet readable, and a watch that recorded it could let EXEC pass
-        // after its client read the version before it (a lost update).
-        let published = self.seq.load(Ordering::Acquire);
-        match self.index.visible(key, published) {
-            None => WatchState {
-                version: None,
-                live_until: None,
-            },
-            Some(m) => WatchState {
-                version: Some(m.id),
-                live_until: m.is_live(now).then_some(m.expire_at),
-            },
-        }
-    }
-
-    /// Whether a key watched in `state` had no commit since, given its `latest` version now.
-    ///
-    /// A watch holds no pin, so a key that garbage collection removed since (`latest` is
-    /// `None`) is known unchanged only if the commit record of the watched version is still
-    /// stored: the key is removed only when no other stored record lists it, so the removed
-    /// version was the watched one. Otherwise the watch fails (conservatively).
-    fn unchanged_since_watch(&self, latest: Option<VersionId>, state: &WatchState) -> bool {
-        match (latest, state.version) {
-            (None, Some(watched)) => self.commit_of(watched.txn) == Some(watched),
-            _ => latest == state.version,
+            flushed: false,
+            validate_reads: false,
         }
     }
 
@@ -268,22 +320,21 @@ impl Engine {
         let _ = tokio::time::timeout(timeout, self.published.notified()).await;
     }
 
-    fn pin(&self) -> u64 {
+    /// Pins the current snapshot for a transaction whose clock is `clock`.
+    fn pin(&self, clock: u64) -> Pin {
         let mut snapshots = self.snapshots.lock();
         // Read under the lock: a round computing its watermark sees this pin, or a
         // sequence number no greater than it.
-        let pin = self.seq.load(Ordering::Acquire);
-        snapshots.pin(pin);
-        pin
+        let seq = self.seq.load(Ordering::Acquire);
+        let ticket = snapshots.pin(seq, clock, std::time::Instant::now());
+        Pin { seq, ticket }
     }
 
     /// Releases what a transaction registered: its pin, if it took one, and its clock.
-    fn release(&self, pin: Option<u64>, now_ms: u64) {
-        let mut snapshots = self.snapshots.lock();
-        if let Some(pin) = pin {
-            snapshots.unpin(pin);
-        }
-        snapshots.stop_clock(now_ms);
+    fn release(&self, pin: Option<Pin>, now_ms: u64) {
+        self.snapshots
+            .lock()
+            .release(pin.map(|p| (p.seq, p.ticket)), now_ms);
     }
 
     /// Makes a durable commit visible: every version at one new sequence number. The commit
@@ -332,29 +383,128 @@ impl Engine {
         self.published.notify_waiters();
     }
 
-    fn new_txn_id(&self) -> TxnId {
-        let n = self.next_txn.fetch_add(1, Ordering::Relaxed);
-        TxnId(((self.node as u128) << 64) | n as u128)
+    /// Removes `keys` from the in-flight set (one reservation each).
+    fn release_inflight(&self, keys: &[Bytes]) {
+        let mut inflight = self.inflight.lock();
+        for key in keys {
+            if let Some(n) = inflight.keys.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    inflight.keys.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Settles a commit the backend answered: publishes it, or accounts for its failure.
+    /// An unknown outcome is handed to a background resolver, which keeps `guard`'s keys
+    /// fenced until it knows.
+    fn settle(
+        self: &Arc<Self>,
+        outcome: Result<CommitOutcome, StorageError>,
+        pending: PendingCommit,
+        guard: InflightGuard,
+    ) -> Result<Option<VersionId>, TxnError> {
+        let id = pending.batch.record.id;
+        match outcome {
+            Ok(CommitOutcome::Committed) => {
+                self.publish(id, &pending.metas, pending.cached, pending.idempotent);
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(id))
+            }
+            // A commit that found its own idempotency entry had applied (a retried request).
+            Ok(CommitOutcome::Duplicate(existing)) if existing == id => {
+                self.publish(id, &pending.metas, pending.cached, pending.idempotent);
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(id))
+            }
+            Ok(CommitOutcome::Duplicate(existing)) => {
+                self.gc.tracker.lock().orphans(pending.orphans());
+                Err(TxnError::Duplicate(existing))
+            }
+            Err(StorageError::OutcomeUnknown(message)) => {
+                self.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.outcome_unknown.fetch_add(1, Ordering::Relaxed);
+                let keys = guard.keep();
+                resolve::spawn(
+                    self,
+                    Unresolved {
+                        pending,
+                        keys,
+                        first_error: message.clone(),
+                    },
+                );
+                Err(TxnError::Storage(StorageError::OutcomeUnknown(message)))
+            }
+            Err(e) => {
+                self.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
+                self.gc.tracker.lock().orphans(pending.orphans());
+                Err(TxnError::Storage(e))
+            }
+        }
     }
 }
 
-/// Removes a commit's keys from the in-flight set when the commit ends, however it ends.
+/// A commit sent (or to send) to the backend, with what publishing it needs.
+#[derive(Clone)]
+struct PendingCommit {
+    batch: CommitBatch,
+    metas: Vec<WriteMeta>,
+    cached: Vec<Option<Bytes>>,
+    idempotent: bool,
+}
+
+impl PendingCommit {
+    /// The versions to reclaim if the commit certainly created no record.
+    fn orphans(&self) -> Vec<VersionKey> {
+        self.batch
+            .versions
+            .iter()
+            .map(|(key, _)| VersionKey {
+                key: key.clone(),
+                version: self.batch.record.id,
+            })
+            .collect()
+    }
+}
+
+/// A pinned snapshot: the sequence it reads at, and its ticket (for revocation).
+#[derive(Clone, Copy, Debug)]
+struct Pin {
+    seq: u64,
+    ticket: u64,
+}
+
+/// Removes a commit's keys from the in-flight set when the commit ends, however it ends
+/// (unless [`InflightGuard::keep`] hands them to a resolver).
 struct InflightGuard {
     engine: Arc<Engine>,
     keys: Vec<Bytes>,
 }
 
+impl InflightGuard {
+    /// Keeps the keys reserved past the guard; the caller releases them later with
+    /// [`Engine::release_inflight`].
+    fn keep(mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.keys)
+    }
+}
+
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        let mut inflight = self.engine.inflight.lock();
-        for key in &self.keys {
-            if let Some(n) = inflight.get_mut(key) {
-                *n -= 1;
-                if *n == 0 {
-                    inflight.remove(key);
-                }
-            }
+        if !self.keys.is_empty() {
+            self.engine.release_inflight(&self.keys);
         }
+    }
+}
+
+/// Ends a FLUSHALL's window between taking its timestamp and fencing its keys, however its
+/// commit task ends.
+struct FlushGuard(Arc<Engine>);
+
+impl Drop for FlushGuard {
+    fn drop(&mut self) {
+        self.0.inflight.lock().flushing -= 1;
     }
 }
 
@@ -376,6 +526,22 @@ pub struct KeyMeta {
     pub expire_at: Option<u64>,
 }
 
+impl KeyMeta {
+    fn of_entry(entry: &Entry) -> KeyMeta {
+        KeyMeta {
+            kind: entry.value.kind(),
+            expire_at: entry.expire_at,
+        }
+    }
+
+    fn of_version(meta: &VersionMeta) -> KeyMeta {
+        KeyMeta {
+            kind: meta.kind,
+            expire_at: (meta.expire_at != 0).then_some(meta.expire_at),
+        }
+    }
+}
+
 /// A transaction: a write buffer over a pinned snapshot of the commit set.
 ///
 /// Reads see the transaction's own writes first, then the snapshot (repeatable and
@@ -383,7 +549,7 @@ pub struct KeyMeta {
 pub struct Txn {
     id: TxnId,
     engine: Arc<Engine>,
-    pin: Option<u64>,
+    pin: Option<Pin>,
     now_ms: u64,
     writes: HashMap<Bytes, Option<Entry>>,
     /// Bytes held by `writes` (keys and values), for limits on open transactions.
@@ -392,6 +558,11 @@ pub struct Txn {
     /// Keys read by read-modify-write commands -> the version read (validated at commit).
     checks: HashMap<Bytes, Option<VersionId>>,
     idempotency_key: Option<Bytes>,
+    /// FLUSHALL ran in it: every key of the snapshot is deleted (writes after it stand).
+    flushed: bool,
+    /// Reads of the snapshot made once the transaction has written are validated at
+    /// commit (see [`Txn::validate_reads_after_writes`]).
+    validate_reads: bool,
 }
 
 impl Drop for Txn {
@@ -401,7 +572,7 @@ impl Drop for Txn {
 }
 
 impl Txn {
-    /// The transaction's id (its commit record carries it).
+    /// The transaction's id (its commit record carries it): 128 random bits, unguessable.
     pub fn id(&self) -> TxnId {
         self.id
     }
@@ -414,7 +585,8 @@ impl Txn {
     /// Moves the transaction's clock to now: an interactive transaction that lives for a
     /// while evaluates expiry at the time of each command.
     pub fn touch_clock(&mut self) {
-        self.now_ms = self.engine.snapshots.lock().move_clock(self.now_ms);
+        let ticket = self.pin.map(|p| p.ticket);
+        self.now_ms = self.engine.snapshots.lock().move_clock(ticket, self.now_ms);
     }
 
     /// The time commands of this transaction run at (ms since the epoch).
@@ -422,9 +594,9 @@ impl Txn {
         self.now_ms
     }
 
-    /// Whether the transaction has buffered any write.
+    /// Whether the transaction has buffered any write (a FLUSHALL counts).
     pub fn has_writes(&self) -> bool {
-        !self.writes.is_empty()
+        !self.writes.is_empty() || self.flushed
     }
 
     /// Makes the commit conditional on no other commit having used `key`.
@@ -432,13 +604,40 @@ impl Txn {
         self.idempotency_key = Some(key);
     }
 
+    /// From now on, every read of the snapshot made while the transaction has buffered a
+    /// write is validated at commit like a read-modify-write read: the transaction then
+    /// commits only if what those reads saw is still the latest state, so that its reads and
+    /// writes take effect together at commit, as if run one after the other with nothing in
+    /// between. A pipelined group of commands runs in this mode. Keyspace-wide reads (KEYS,
+    /// SCAN, RANDOMKEY, DBSIZE) are not validated: the caller must not run them in this
+    /// mode after a write.
+    pub fn validate_reads_after_writes(&mut self) {
+        self.validate_reads = true;
+    }
+
+    /// Whether the snapshot is still valid; `Err(SnapshotTooOld)` once garbage collection
+    /// revoked it. A caller checks this after a command's reads: reads made before a
+    /// successful check saw the snapshot intact.
+    pub fn check_snapshot(&self) -> Result<(), TxnError> {
+        if self.revoked() {
+            Err(TxnError::SnapshotTooOld(self.engine.max_snapshot_age))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn revoked(&self) -> bool {
+        self.pin
+            .is_some_and(|p| p.ticket < self.engine.revoked_below.load(Ordering::Acquire))
+    }
+
     fn pinned(&mut self) -> u64 {
         match self.pin {
-            Some(p) => p,
+            Some(p) => p.seq,
             None => {
-                let p = self.engine.pin();
+                let p = self.engine.pin(self.now_ms);
                 self.pin = Some(p);
-                p
+                p.seq
             }
         }
     }
@@ -446,8 +645,13 @@ impl Txn {
     fn read_meta(&mut self, key: &Bytes) -> &mut Read {
         let pin = self.pinned();
         let engine = &self.engine;
+        let flushed = self.flushed;
         self.reads.entry(key.clone()).or_insert_with(|| {
-            let meta = engine.index.visible(key, pin);
+            let meta = if flushed {
+                None
+            } else {
+                engine.index.visible(key, pin)
+            };
             match meta {
                 Some(m) if m.kind != Kind::Tombstone => {
                     let value = m.value.clone();
@@ -468,6 +672,14 @@ impl Txn {
                 },
             }
         })
+    }
+
+    /// A snapshot read of `key` by a command: validated at commit in
+    /// [`Txn::validate_reads_after_writes`] mode once the transaction has written.
+    fn note_read(&mut self, key: &Bytes) {
+        if self.validate_reads && self.has_writes() {
+            self.check(key);
+        }
     }
 
     /// Loads, in one backend call, the values of every key in `keys` not yet known.
@@ -505,6 +717,8 @@ impl Txn {
         let values = self.engine.storage.get_versions(wanted.clone()).await?;
         for (vk, value) in wanted.into_iter().zip(values) {
             let Some(value) = value else {
+                // Collected under a revoked snapshot; otherwise a committed version must exist.
+                self.check_snapshot()?;
                 return Err(StorageError::Corrupt(format!(
                     "committed version {:?} of a key is missing",
                     vk.version
@@ -526,6 +740,7 @@ impl Txn {
         if let Some(w) = self.writes.get(key) {
             return Ok(w.clone().filter(|e| !self.expired(e.expire_at)));
         }
+        self.note_read(key);
         let now = self.now_ms;
         let read = self.read_meta(key);
         match &read.meta {
@@ -559,20 +774,15 @@ impl Txn {
             return w
                 .as_ref()
                 .filter(|e| !self.expired(e.expire_at))
-                .map(|e| KeyMeta {
-                    kind: e.value.kind(),
-                    expire_at: e.expire_at,
-                });
+                .map(KeyMeta::of_entry);
         }
+        self.note_read(key);
         let now = self.now_ms;
         let read = self.read_meta(key);
         read.meta
             .as_ref()
             .filter(|m| m.is_live(now))
-            .map(|m| KeyMeta {
-                kind: m.kind,
-                expire_at: (m.expire_at != 0).then_some(m.expire_at),
-            })
+            .map(KeyMeta::of_version)
     }
 
     /// Like [`Txn::meta`], validated at commit like [`Txn::get_for_update`].
@@ -585,8 +795,8 @@ impl Txn {
         if self.checks.contains_key(key) {
             return;
         }
-        let version = if self.writes.contains_key(key) {
-            // Our own blind write decided the value; validate the snapshot version anyway.
+        let version = if self.writes.contains_key(key) || self.flushed {
+            // Our own write decided the value; validate the snapshot version anyway.
             let pin = self.pinned();
             self.engine.index.visible(key, pin).map(|m| m.id)
         } else {
@@ -617,64 +827,176 @@ impl Txn {
         }
     }
 
+    /// FLUSHALL: deletes every key. Writes buffered so far are dropped, later ones stand;
+    /// the snapshot reads as empty from now on. At commit, the deletion covers every key
+    /// committed before this transaction's commit timestamp, including commits in flight,
+    /// so that it is atomic against every concurrent commit: each of those is entirely
+    /// before it (deleted) or entirely after it (kept).
+    pub fn flush_all(&mut self) {
+        self.writes.clear();
+        self.write_bytes = 0;
+        self.reads.clear();
+        self.flushed = true;
+    }
+
     /// Accounts for a buffered write replaced by a newer one of the same key.
     fn release_write(&mut self, key_len: usize, old: Option<Entry>) {
         let size = key_len + old.as_ref().map_or(0, entry_size);
         self.write_bytes = self.write_bytes.saturating_sub(size);
     }
 
-    /// Every key live in this transaction's view (snapshot plus own writes), unordered.
-    pub fn keys(&mut self) -> Vec<Bytes> {
-        let pin = self.pinned();
-        let mut keys: Vec<Bytes> = self
-            .engine
-            .index
-            .live_keys(pin, self.now_ms)
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| !self.writes.contains_key(k))
-            .collect();
+    /// Own writes live at the transaction's clock.
+    fn live_writes(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
         let now = self.now_ms;
+        self.writes.iter().filter_map(move |(k, w)| {
+            w.as_ref()
+                .filter(|e| e.expire_at.is_none_or(|at| at > now))
+                .map(|e| (k, e))
+        })
+    }
+
+    /// Every key live in this transaction's view (snapshot plus own writes) accepted by
+    /// `filter`, unordered (KEYS). Walks the keyspace one index shard at a time, letting
+    /// other tasks run in between.
+    pub async fn keys_where(&mut self, filter: &(dyn Fn(&[u8]) -> bool + Sync)) -> Vec<Bytes> {
+        let pin = self.pinned();
+        let now = self.now_ms;
+        let mut keys = Vec::new();
+        if !self.flushed {
+            for shard in 0..self.engine.index.shard_count() {
+                let writes = &self.writes;
+                let found = self
+                    .engine
+                    .index
+                    .live_keys(shard, pin, now, &|k| !writes.contains_key(k) && filter(k));
+                keys.extend(found.into_iter().map(|k| k.key));
+                tokio::task::yield_now().await;
+            }
+        }
         keys.extend(
-            self.writes
-                .iter()
-                .filter(|(_, w)| {
-                    w.as_ref()
-                        .is_some_and(|e| e.expire_at.is_none_or(|at| at > now))
-                })
+            self.live_writes()
+                .filter(|(k, _)| filter(k))
                 .map(|(k, _)| k.clone()),
         );
         keys
     }
 
-    /// Number of live keys in this transaction's view.
-    pub fn key_count(&mut self) -> usize {
+    /// One SCAN step from `cursor`: visits about `count` keys in scan order and returns
+    /// the cursor to continue from (0 at the end) and the visited keys live in this
+    /// transaction's view, with their metadata. O(log n + count).
+    pub fn scan(&mut self, cursor: u64, count: usize) -> (u64, Vec<(Bytes, KeyMeta)>) {
         let pin = self.pinned();
-        if self.writes.is_empty() {
-            return self.engine.index.count_live(pin, self.now_ms).0;
+        let now = self.now_ms;
+        let index = &self.engine.index;
+        let page = index.scan(cursor, count, pin, now);
+        let start = cursor.max(1);
+        let end = if page.next == 0 { u64::MAX } else { page.next };
+        let mut out: Vec<(u64, Bytes, KeyMeta)> = Vec::with_capacity(page.keys.len());
+        if !self.flushed {
+            out.extend(
+                page.keys
+                    .into_iter()
+                    .filter(|k| !self.writes.contains_key(&k.key))
+                    .map(|k| (k.pos, k.key, KeyMeta::of_version(&k.meta))),
+            );
         }
-        self.keys().len()
+        if start <= MAX_POSITION {
+            for (key, entry) in self.live_writes() {
+                let pos = index.position(key);
+                if pos >= start && pos < end {
+                    out.push((pos, key.clone(), KeyMeta::of_entry(entry)));
+                }
+            }
+        }
+        out.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        (page.next, out.into_iter().map(|(_, k, m)| (k, m)).collect())
+    }
+
+    /// A random key live in this transaction's view (RANDOMKEY): O(1) in the common case.
+    pub fn random_key(&mut self) -> Option<Bytes> {
+        let pin = self.pinned();
+        let now = self.now_ms;
+        if !self.flushed {
+            let index = &self.engine.index;
+            for _ in 0..4 {
+                let from = rand::random::<u64>() % MAX_POSITION + 1;
+                match index.random_live(from, 128, pin, now) {
+                    Some(key) if !self.writes.contains_key(&key) => return Some(key),
+                    _ => {}
+                }
+            }
+            // Mostly dead keys around the positions tried: look at every shard.
+            for shard in 0..index.shard_count() {
+                let writes = &self.writes;
+                if let Some(k) = index
+                    .live_keys(shard, pin, now, &|k| !writes.contains_key(k))
+                    .into_iter()
+                    .next()
+                {
+                    return Some(k.key);
+                }
+            }
+        }
+        self.live_writes().map(|(k, _)| k.clone()).next()
+    }
+
+    /// Number of live keys in this transaction's view (DBSIZE): the latest published state
+    /// adjusted by the transaction's own writes. O(shards + own writes).
+    pub fn key_count(&mut self) -> usize {
+        if self.flushed {
+            return self.live_writes().count();
+        }
+        let (base, _) = self.engine.key_counts();
+        let now = self.now_ms;
+        let mut count = base as i64;
+        for (key, write) in &self.writes {
+            let own = write
+                .as_ref()
+                .is_some_and(|e| e.expire_at.is_none_or(|at| at > now));
+            let latest = self
+                .engine
+                .index
+                .latest_meta(key)
+                .is_some_and(|m| m.is_live(now));
+            count += own as i64 - latest as i64;
+        }
+        count.max(0) as usize
+    }
+
+    /// Commits, with no watched keys; see [`Txn::commit_watched`].
+    pub async fn commit(self) -> Result<Option<VersionId>, TxnError> {
+        self.commit_inner(None).await
     }
 
     /// Commits: validates read-modify-write keys and `watches`, writes every version, then
     /// the commit record, then publishes. Returns the commit's version id, or `None` for a
-    /// transaction that wrote nothing. On any error nothing of it is visible.
-    pub async fn commit(
+    /// transaction that wrote nothing. On any error nothing of it is visible, except an
+    /// unknown outcome ([`StorageError::OutcomeUnknown`]): that commit is settled in the
+    /// background and becomes visible whole if the backend applied it.
+    pub async fn commit_watched(self, watches: &Watches) -> Result<Option<VersionId>, TxnError> {
+        self.commit_inner(Some(watches)).await
+    }
+
+    async fn commit_inner(
         mut self,
-        watches: &HashMap<Bytes, WatchState>,
+        watches: Option<&Watches>,
     ) -> Result<Option<VersionId>, TxnError> {
         let engine = self.engine.clone();
+        if !self.checks.is_empty() {
+            // Validation relies on the reads' snapshot having stayed pinned.
+            self.check_snapshot()?;
+        }
         let now = clock::wall_ms();
         let writes = std::mem::take(&mut self.writes);
+        let flushed = self.flushed;
         // Validate and reserve in one critical section: first committer wins.
-        let (id, guard) = {
+        let (id, guard, flush) = {
             let mut inflight = engine.inflight.lock();
-            for (key, state) in watches {
+            for (key, state) in watches.into_iter().flat_map(Watches::iter) {
                 let latest = engine.index.latest(key);
-                let expired_since = state.live_until.is_some_and(|at| at != 0 && at <= now);
-                if !engine.unchanged_since_watch(latest, state)
-                    || expired_since
-                    || inflight.contains_key(key)
+                if !state.unchanged(latest, now)
+                    || inflight.keys.contains_key(key)
+                    || inflight.flushing > 0
                 {
                     engine.stats.watch_failures.fetch_add(1, Ordering::Relaxed);
                     return Err(TxnError::WatchFailed);
@@ -682,13 +1004,14 @@ impl Txn {
             }
             for (key, version) in &self.checks {
                 if !unchanged_since_read(engine.index.latest(key), *version)
-                    || inflight.contains_key(key)
+                    || inflight.keys.contains_key(key)
+                    || inflight.flushing > 0
                 {
                     engine.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     return Err(TxnError::Conflict);
                 }
             }
-            if writes.is_empty() {
+            if writes.is_empty() && !flushed {
                 return Ok(None);
             }
             let id = VersionId {
@@ -697,17 +1020,82 @@ impl Txn {
             };
             let keys: Vec<Bytes> = writes.keys().cloned().collect();
             for key in &keys {
-                *inflight.entry(key.clone()).or_insert(0) += 1;
+                *inflight.keys.entry(key.clone()).or_insert(0) += 1;
             }
+            let flush = flushed.then(|| {
+                inflight.flushing += 1;
+                let captured: Vec<Bytes> = inflight.keys.keys().cloned().collect();
+                (FlushGuard(engine.clone()), captured)
+            });
             (
                 id,
                 InflightGuard {
                     engine: engine.clone(),
                     keys,
                 },
+                flush,
             )
         };
+        let idempotency_key = self.idempotency_key.take();
+        // The rest runs in its own task: once the commit is sent, a client that goes away
+        // cannot leave it durable but unpublished, nor a FLUSHALL half fenced.
+        let task = tokio::spawn(async move {
+            let mut guard = guard;
+            let mut writes: Vec<(Bytes, Option<Entry>)> = writes.into_iter().collect();
+            if let Some((flushing, captured)) = flush {
+                let doomed = engine.flush_targets(id, captured, &writes).await;
+                {
+                    let mut inflight = engine.inflight.lock();
+                    for key in &doomed {
+                        *inflight.keys.entry(key.clone()).or_insert(0) += 1;
+                    }
+                }
+                guard.keys.extend(doomed.iter().cloned());
+                drop(flushing);
+                writes.extend(doomed.into_iter().map(|k| (k, None)));
+            }
+            let pending = PendingCommit::new(id, writes, idempotency_key);
+            let outcome = engine.storage.commit(pending.batch.clone()).await;
+            engine.settle(outcome, pending, guard)
+        });
+        task.await
+            .map_err(|e| TxnError::Internal(format!("commit task failed: {e}")))?
+    }
+}
 
+impl Engine {
+    /// The keys a FLUSHALL committing at `id` must delete, besides the transaction's own
+    /// `writes` (which stand): every key whose newest version older than `id` is live, and
+    /// every key of a commit that was in flight when it took its timestamp (`captured`:
+    /// those commits are older, and may publish later).
+    async fn flush_targets(
+        &self,
+        id: VersionId,
+        captured: Vec<Bytes>,
+        writes: &[(Bytes, Option<Entry>)],
+    ) -> Vec<Bytes> {
+        let own: HashSet<&Bytes> = writes.iter().map(|(k, _)| k).collect();
+        let now = clock::wall_ms();
+        let mut doomed: HashSet<Bytes> =
+            captured.into_iter().filter(|k| !own.contains(k)).collect();
+        for shard in 0..self.index.shard_count() {
+            for key in self.index.live_before(shard, id, now) {
+                if !own.contains(&key) {
+                    doomed.insert(key);
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        doomed.into_iter().collect()
+    }
+}
+
+impl PendingCommit {
+    fn new(
+        id: VersionId,
+        writes: Vec<(Bytes, Option<Entry>)>,
+        idempotency_key: Option<Bytes>,
+    ) -> PendingCommit {
         let mut metas = Vec::with_capacity(writes.len());
         let mut versions = Vec::with_capacity(writes.len());
         let mut cached = Vec::with_capacity(writes.len());
@@ -733,51 +1121,19 @@ impl Txn {
                 }
             }
         }
-        let idempotent = self.idempotency_key.is_some();
-        // Versions to reclaim if the commit certainly created no record.
-        let orphans: Vec<VersionKey> = versions
-            .iter()
-            .map(|(key, _)| VersionKey {
-                key: key.clone(),
-                version: id,
-            })
-            .collect();
-        let batch = CommitBatch {
-            versions,
-            record: CommitRecord {
-                id,
-                idempotency_key: self.idempotency_key.take(),
-                body: record::encode_body(&metas),
+        PendingCommit {
+            idempotent: idempotency_key.is_some(),
+            batch: CommitBatch {
+                versions,
+                record: CommitRecord {
+                    id,
+                    idempotency_key,
+                    body: record::encode_body(&metas),
+                },
             },
-        };
-        // The write and the publication run in their own task: once the commit is sent,
-        // a client that goes away cannot leave it durable but unpublished.
-        let task = tokio::spawn(async move {
-            let outcome = engine.storage.commit(batch).await;
-            let result = match outcome {
-                Ok(CommitOutcome::Committed) => {
-                    engine.publish(id, &metas, cached, idempotent);
-                    engine.stats.commits.fetch_add(1, Ordering::Relaxed);
-                    Ok(Some(id))
-                }
-                Ok(CommitOutcome::Duplicate(existing)) => {
-                    engine.gc.tracker.lock().orphans(orphans);
-                    Err(TxnError::Duplicate(existing))
-                }
-                Err(e) => {
-                    engine.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
-                    // Only an unknown outcome may have created the record.
-                    if !matches!(e, StorageError::OutcomeUnknown(_)) {
-                        engine.gc.tracker.lock().orphans(orphans);
-                    }
-                    Err(TxnError::Storage(e))
-                }
-            };
-            drop(guard);
-            result
-        });
-        task.await
-            .map_err(|e| TxnError::Internal(format!("commit task failed: {e}")))?
+            metas,
+            cached,
+        }
     }
 }
 
@@ -799,99 +1155,11 @@ fn entry_size(entry: &Entry) -> usize {
     }
 }
 
-/// A random 64-bit number from the standard library's per-process hash seed.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
+/// A fresh transaction id: 128 bits from the thread's cryptographically secure generator,
+/// so that nobody can guess the id of another client's transaction (AFT.ATTACH takes one).
+fn new_txn_id() -> TxnId {
+    TxnId(rand::random::<u128>())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::memory::MemoryStorage;
-
-    async fn engine() -> Arc<Engine> {
-        let config = EngineConfig {
-            gc_interval: Duration::ZERO,
-            ..EngineConfig::default()
-        };
-        Engine::open(Arc::new(MemoryStorage::new()), config)
-            .await
-            .unwrap()
-    }
-
-    async fn set(engine: &Arc<Engine>, key: &'static [u8], value: &'static [u8]) -> VersionId {
-        let mut txn = engine.begin();
-        txn.put(
-            Bytes::from_static(key),
-            Entry::string(Bytes::from_static(value)),
-        );
-        txn.commit(&HashMap::new()).await.unwrap().unwrap()
-    }
-
-    #[tokio::test]
-    async fn watch_ignores_a_version_still_being_published() {
-        let engine = engine().await;
-        let first = set(&engine, b"k", b"1").await;
-        // A commit half way through publication: in the index, sequence not yet visible.
-        let pending = VersionId {
-            ts: engine.clock.tick(),
-            txn: engine.new_txn_id(),
-        };
-        let next_seq = engine.seq.load(Ordering::Acquire) + 1;
-        engine.index.insert(
-            Bytes::from_static(b"k"),
-            VersionMeta {
-                id: pending,
-                seq: next_seq,
-                kind: Kind::String,
-                expire_at: 0,
-                value: Some(Bytes::from_static(b"2")),
-            },
-            0,
-        );
-        // A client that WATCHes now and then reads sees the first version...
-        let state = engine.watch(b"k");
-        assert_eq!(state.version, Some(first));
-        let mut reader = engine.begin();
-        let read = reader
-            .get(&Bytes::from_static(b"k"))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(read.value, Value::Str(Bytes::from_static(b"1")));
-        // ...so its EXEC must fail once the pending version is there, not write 1 + 1.
-        let mut writer = engine.begin();
-        writer.put(
-            Bytes::from_static(b"k"),
-            Entry::string(Bytes::from_static(b"2")),
-        );
-        let watches = HashMap::from([(Bytes::from_static(b"k"), state)]);
-        assert!(matches!(
-            writer.commit(&watches).await,
-            Err(TxnError::WatchFailed)
-        ));
-    }
-
-    #[tokio::test]
-    async fn watch_passes_when_nothing_changed() {
-        let engine = engine().await;
-        set(&engine, b"k", b"1").await;
-        let state = engine.watch(b"k");
-        let mut writer = engine.begin();
-        writer.put(
-            Bytes::from_static(b"k"),
-            Entry::string(Bytes::from_static(b"2")),
-        );
-        let watches = HashMap::from([(Bytes::from_static(b"k"), state)]);
-        assert!(writer.commit(&watches).await.unwrap().is_some());
-    }
-}
+mod tests;

@@ -4,8 +4,18 @@
 //! An open transaction is registered under its id so that any connection can attach to it
 //! (the next function of a workflow, or the retry of a crashed one). Nothing it wrote is
 //! visible until it commits. One that nobody touches for its timeout is aborted by a
-//! background reaper, so a client that vanished leaves nothing behind. Open transactions are
-//! bounded in number and in buffered bytes.
+//! background reaper, so a client that vanished leaves nothing behind.
+//!
+//! # Bounds
+//!
+//! Open transactions are bounded in number and in buffered bytes, in all and per client: a
+//! connection may hold at most [`OpenLimits::max_per_client`] transactions it began and
+//! that are still open. When the registry is full, the transaction that has been idle the
+//! longest among those no connection is attached to is aborted to make room, provided it
+//! has been idle for at least [`OpenLimits::default_timeout`]: so one client that opens
+//! transactions and walks away cannot lock every other client out for the length of its
+//! timeouts. Ids are 128 random bits (see [`crate::txn::Txn::id`]): a client cannot attach
+//! to a transaction whose id it was not given.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -31,6 +41,8 @@ pub struct OpenLimits {
     pub max_txn_bytes: usize,
     /// Most bytes all open transactions together may buffer.
     pub max_total_bytes: usize,
+    /// Most open transactions begun by one client (connection).
+    pub max_per_client: usize,
 }
 
 impl Default for OpenLimits {
@@ -41,6 +53,7 @@ impl Default for OpenLimits {
             max_open: 10_000,
             max_txn_bytes: 64 << 20,
             max_total_bytes: 1 << 30,
+            max_per_client: 1_000,
         }
     }
 }
@@ -76,6 +89,9 @@ pub enum OpenError {
     /// `max_open` transactions are open.
     #[error("ERR too many open transactions ({0}); commit or abort some first")]
     TooMany(usize),
+    /// This client began `max_per_client` transactions that are still open.
+    #[error("ERR this client holds too many open transactions ({0}, max_open_txns_per_client); commit or abort some first")]
+    TooManyForClient(usize),
     /// A commit with this idempotency key already exists.
     #[error("COMMITTED {0} a transaction with this idempotency key already committed; nothing was applied")]
     AlreadyCommitted(TxnId),
@@ -107,12 +123,36 @@ pub struct Slot {
     accounted: usize,
 }
 
+/// What one client (connection) holds: the open transactions it began. A transaction
+/// keeps counting against the client that began it until it ends, even after the client
+/// detached or disconnected.
+#[derive(Debug, Default)]
+pub struct Holder {
+    open: AtomicUsize,
+}
+
+impl Holder {
+    /// A client that holds nothing yet.
+    pub fn new() -> Arc<Holder> {
+        Arc::default()
+    }
+
+    /// Open transactions it began.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
 /// An interactive transaction registered in [`OpenTxns`].
 pub struct OpenTxn {
     id: TxnId,
     timeout: Duration,
     /// When it was last used (deadline = last_used + timeout).
     last_used: Mutex<Instant>,
+    /// Connections attached to it now.
+    attached: AtomicUsize,
+    /// The client that began it; released once when it ends.
+    holder: Mutex<Option<Arc<Holder>>>,
     slot: tokio::sync::Mutex<Slot>,
 }
 
@@ -131,6 +171,22 @@ impl OpenTxn {
     pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, Slot> {
         self.slot.lock().await
     }
+
+    /// A connection stops being attached to it (DETACH, RESET, COMMIT, ABORT, a closed
+    /// connection).
+    pub fn detach(&self) {
+        let _ = self
+            .attached
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    fn is_detached(&self) -> bool {
+        self.attached.load(Ordering::Acquire) == 0
+    }
+
+    fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(*self.last_used.lock())
+    }
 }
 
 /// Counters for INFO.
@@ -148,6 +204,8 @@ pub struct OpenStats {
     pub over_limit: AtomicU64,
     /// Retries recognised by their idempotency key.
     pub duplicates: AtomicU64,
+    /// Idle, detached transactions aborted to make room when the registry was full.
+    pub evicted: AtomicU64,
 }
 
 /// How long ended transactions are remembered for AFT.STATUS and AFT.ATTACH errors.
@@ -208,18 +266,26 @@ impl OpenTxns {
         &self.limits
     }
 
-    /// Opens a transaction. With an idempotency key that a commit already used, nothing is
-    /// opened and the committed transaction's id is returned as an error.
+    /// Opens a transaction for the client `holder`; the caller is attached to it. With an
+    /// idempotency key that a commit already used, nothing is opened and the committed
+    /// transaction's id is returned as an error.
     pub async fn begin(
         &self,
         idempotency_key: Option<Bytes>,
         timeout: Option<Duration>,
+        holder: &Arc<Holder>,
     ) -> Result<Arc<OpenTxn>, OpenError> {
+        if holder.open() >= self.limits.max_per_client {
+            return Err(OpenError::TooManyForClient(self.limits.max_per_client));
+        }
         if let Some(key) = &idempotency_key {
             if let Some(existing) = self.engine.storage.find_idempotent(key.clone()).await? {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 return Err(OpenError::AlreadyCommitted(existing.txn));
             }
+        }
+        if self.open.lock().len() >= self.limits.max_open {
+            self.evict_one();
         }
         let mut txn = self.engine.begin();
         if let Some(key) = idempotency_key {
@@ -232,6 +298,8 @@ impl OpenTxns {
                 .unwrap_or(self.limits.default_timeout)
                 .min(self.limits.max_timeout),
             last_used: Mutex::new(Instant::now()),
+            attached: AtomicUsize::new(1),
+            holder: Mutex::new(Some(holder.clone())),
             slot: tokio::sync::Mutex::new(Slot {
                 txn: Some(txn),
                 ended: None,
@@ -242,9 +310,41 @@ impl OpenTxns {
         if map.len() >= self.limits.max_open {
             return Err(OpenError::TooMany(self.limits.max_open));
         }
+        if holder.open.fetch_add(1, Ordering::AcqRel) >= self.limits.max_per_client {
+            holder.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(OpenError::TooManyForClient(self.limits.max_per_client));
+        }
         map.insert(id, open.clone());
         self.stats.begun.fetch_add(1, Ordering::Relaxed);
         Ok(open)
+    }
+
+    /// Aborts the transaction idle the longest among those no connection is attached to,
+    /// if it has been idle for at least the default timeout (see the module documentation).
+    fn evict_one(&self) {
+        let now = Instant::now();
+        let floor = self.limits.default_timeout;
+        let victim = self
+            .open
+            .lock()
+            .values()
+            .filter(|o| o.is_detached())
+            .map(|o| (o.idle_for(now), o))
+            .filter(|(idle, _)| *idle >= floor)
+            .max_by_key(|(idle, _)| *idle)
+            .map(|(_, o)| o.clone());
+        let Some(victim) = victim else {
+            return;
+        };
+        // Busy with a command: in use, not idle.
+        let Ok(mut slot) = victim.slot.try_lock() else {
+            return;
+        };
+        if slot.txn.is_some() {
+            self.finish(&victim, &mut slot, Status::Aborted);
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(txid = %victim.id, "aborted an idle, detached transaction to make room");
+        }
     }
 
     /// The open transaction with this id, for AFT.ATTACH.
@@ -255,6 +355,7 @@ impl OpenTxns {
         };
         if let Some(open) = self.open.lock().get(&id) {
             open.touch();
+            open.attached.fetch_add(1, Ordering::AcqRel);
             return Ok(open.clone());
         }
         match self.status_of(id) {
@@ -292,7 +393,7 @@ impl OpenTxns {
         let Some(txn) = slot.txn.take() else {
             return Err(TxnError::Internal("transaction already ended".into()));
         };
-        let result = txn.commit(&HashMap::new()).await;
+        let result = txn.commit().await;
         let status = match &result {
             Ok(Some(id)) => Status::Committed(*id),
             // Read-only: nothing to commit; report it as committed at no version.
@@ -321,14 +422,20 @@ impl OpenTxns {
     }
 
     /// Ends the transaction: drops its buffer and snapshot, unregisters it, remembers how it
-    /// ended.
+    /// ended. A transaction that already ended keeps the outcome it had.
     fn finish(&self, open: &OpenTxn, slot: &mut Slot, status: Status) {
+        if slot.ended.is_some() {
+            return;
+        }
         slot.txn = None;
-        slot.ended.get_or_insert(status);
+        slot.ended = Some(status);
         self.total_bytes
             .fetch_sub(slot.accounted, Ordering::Relaxed);
         slot.accounted = 0;
         self.open.lock().remove(&open.id);
+        if let Some(holder) = open.holder.lock().take() {
+            holder.open.fetch_sub(1, Ordering::AcqRel);
+        }
         let mut ended = self.ended.lock();
         let Ended { status: map, order } = &mut *ended;
         map.insert(open.id, status);

@@ -491,7 +491,7 @@ async fn one_txn(
                 read!(again, false);
             }
         }
-        return match txn.commit(&HashMap::new()).await {
+        return match txn.commit().await {
             Ok(None) => done(ops, Outcome::NoCommit),
             other => {
                 bad.lock()
@@ -534,7 +534,7 @@ async fn one_txn(
         }
     }
     commits.fetch_add(1, Ordering::SeqCst);
-    let outcome = match txn.commit(&HashMap::new()).await {
+    let outcome = match txn.commit().await {
         Ok(Some(v)) => Outcome::Acked(v),
         Ok(None) => {
             bad.lock()
@@ -784,7 +784,7 @@ async fn run_scenario(sc: Scenario) -> Result<String, Vec<String>> {
     for k in 0..KEYS {
         txn.put(key(k), Entry::string(value(3)));
     }
-    let after = txn.commit(&HashMap::new()).await;
+    let after = txn.commit().await;
     let newest = stored.values().map(|(v, _)| *v).max();
     match after {
         Ok(Some(v)) if newest.is_none_or(|n| v > n) => {}
@@ -864,7 +864,7 @@ async fn a_commit_that_failed_before_the_store_leaves_nothing_visible() {
         .expect("open");
     let mut txn = base.begin();
     txn.put(key(0), Entry::string(Bytes::from_static(b"before")));
-    assert!(matches!(txn.commit(&HashMap::new()).await, Ok(Some(_))));
+    assert!(matches!(txn.commit().await, Ok(Some(_))));
     drop(base);
 
     let faulty = Arc::new(FaultyStorage::new(
@@ -881,7 +881,7 @@ async fn a_commit_that_failed_before_the_store_leaves_nothing_visible() {
     txn.put(key(0), Entry::string(Bytes::from_static(b"lost")));
     txn.put(key(1), Entry::string(Bytes::from_static(b"lost")));
     txn.delete(key(2));
-    let result = txn.commit(&HashMap::new()).await;
+    let result = txn.commit().await;
     assert!(
         matches!(result, Err(TxnError::Storage(StorageError::Unavailable(_)))),
         "{result:?}"
@@ -960,7 +960,7 @@ async fn a_commit_after_recovery_wins_over_recovered_versions_from_the_future() 
     drop(txn);
     let mut txn = engine.begin();
     txn.put(key(0), Entry::string(value(2)));
-    let id = txn.commit(&HashMap::new()).await.expect("commit");
+    let id = txn.commit().await.expect("commit");
     assert!(
         id.is_some_and(|id| id > future),
         "new commit {id:?} is not newer than recovered {future:?}"

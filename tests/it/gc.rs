@@ -4,7 +4,7 @@
 //! records are retained as configured, and a restart (also in the middle of a round) finds
 //! exactly the data it had.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -28,6 +28,7 @@ fn config(retention: Duration) -> EngineConfig {
         gc_interval: Duration::ZERO,
         idempotency_retention: retention,
         status_retention: retention,
+        max_snapshot_age: Duration::ZERO,
     }
 }
 
@@ -62,19 +63,13 @@ async fn set(engine: &Arc<Engine>, k: Bytes, v: Bytes, expire_at: Option<u64>) -
             expire_at,
         },
     );
-    txn.commit(&HashMap::new())
-        .await
-        .expect("commit")
-        .expect("a version")
+    txn.commit().await.expect("commit").expect("a version")
 }
 
 async fn del(engine: &Arc<Engine>, k: Bytes) -> VersionId {
     let mut txn = engine.begin();
     txn.delete(k);
-    txn.commit(&HashMap::new())
-        .await
-        .expect("commit")
-        .expect("a version")
+    txn.commit().await.expect("commit").expect("a version")
 }
 
 async fn get(engine: &Arc<Engine>, k: &Bytes) -> Option<Bytes> {
@@ -432,10 +427,7 @@ async fn commit_records_are_retained_as_configured() {
         let mut txn = engine.begin();
         txn.set_idempotency_key(Bytes::from_static(b"retry-me"));
         txn.put(key(1), Entry::string(value(1, 0)));
-        txn.commit(&HashMap::new())
-            .await
-            .expect("commit")
-            .expect("id")
+        txn.commit().await.expect("commit").expect("id")
     };
     let plain = set(&engine, key(2), value(2, 0), None).await;
     set(&engine, key(1), value(1, 1), None).await;
@@ -458,7 +450,7 @@ async fn commit_records_are_retained_as_configured() {
     let mut retry = engine.begin();
     retry.set_idempotency_key(Bytes::from_static(b"retry-me"));
     retry.put(key(1), Entry::string(value(1, 9)));
-    match retry.commit(&HashMap::new()).await {
+    match retry.commit().await {
         Err(TxnError::Duplicate(existing)) => assert_eq!(existing, idempotent),
         other => panic!("expected a duplicate, got {other:?}"),
     }
@@ -483,7 +475,7 @@ async fn commit_records_are_retained_as_configured() {
     let mut late = engine.begin();
     late.set_idempotency_key(Bytes::from_static(b"retry-me"));
     late.put(key(1), Entry::string(value(1, 2)));
-    late.commit(&HashMap::new()).await.expect("commit");
+    late.commit().await.expect("commit");
     assert_eq!(get(&engine, &key(1)).await, Some(value(1, 2)));
     assert_eq!(get(&engine, &key(2)).await, Some(value(2, 1)));
 }
@@ -539,7 +531,7 @@ async fn random_commits(engine: &Arc<Engine>, rng: &mut Rng, model: &mut Model, 
                 }
             }
         }
-        txn.commit(&HashMap::new()).await.expect("commit");
+        txn.commit().await.expect("commit");
         model.extend(effects);
     }
 }
@@ -737,7 +729,7 @@ async fn read_modify_write_loses_no_update_while_collecting() {
                                 .expect("number")
                         });
                         txn.put(k.clone(), Entry::string(Bytes::from((old + 1).to_string())));
-                        match txn.commit(&HashMap::new()).await {
+                        match txn.commit().await {
                             Ok(_) => break,
                             Err(TxnError::Conflict) => continue,
                             Err(e) => panic!("commit: {e}"),
