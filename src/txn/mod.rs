@@ -110,6 +110,45 @@ pub struct Stats {
     pub orphans_reclaimed: AtomicU64,
 }
 
+impl Stats {
+    /// Zeroes every counter (CONFIG RESETSTAT) except `recovered_commits`, a fact about the
+    /// start rather than a running count.
+    pub fn reset(&self) {
+        // Destructured so that a new counter cannot be forgotten here.
+        let Stats {
+            commits,
+            conflicts,
+            watch_failures,
+            storage_errors,
+            storage_reads,
+            cache_hits,
+            recovered_commits: _,
+            versions_collected,
+            commits_collected,
+            keys_removed,
+            gc_runs,
+            gc_errors,
+            orphans_reclaimed,
+        } = self;
+        for counter in [
+            commits,
+            conflicts,
+            watch_failures,
+            storage_errors,
+            storage_reads,
+            cache_hits,
+            versions_collected,
+            commits_collected,
+            keys_removed,
+            gc_runs,
+            gc_errors,
+            orphans_reclaimed,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What WATCH remembers about a key: the version it had and until when it was live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WatchState {

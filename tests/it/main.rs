@@ -11,6 +11,7 @@ mod dynamodb;
 mod gc;
 mod harness;
 mod interactive;
+mod ops;
 mod recovery;
 mod redis_backend;
 mod redis_process;
