@@ -30,7 +30,7 @@ pub struct Config {
     /// Whether the embedded backend fsyncs each group commit before acknowledging it.
     /// Turning this off trades durability on power loss for speed.
     pub fsync: bool,
-    /// Memory for cached values, in MiB.
+    /// Memory for cached values, in MiB (0 to [`MAX_CACHE_MB`]).
     pub cache_mb: usize,
     /// Largest bulk string a client may send, in bytes (Redis's proto-max-bulk-len).
     pub max_bulk_len: usize,
@@ -38,9 +38,13 @@ pub struct Config {
     pub max_multibulk_len: usize,
     /// Longest inline command, in bytes.
     pub max_inline_len: usize,
-    /// Most clients connected at once; more are refused with an error.
+    /// Most clients connected at once (1 to [`MAX_CLIENTS`]); more are refused with an
+    /// error. At start the open-file limit is raised to fit them if it can be, and this is
+    /// lowered to what the limit allows if it cannot (see
+    /// [`crate::server::process::fit_max_clients`]).
     pub max_clients: usize,
-    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive such as
+    /// `aft=debug,info`). A filter that does not parse is a configuration error.
     pub log: String,
     /// Idle time, in ms, after which an open interactive transaction is aborted, unless
     /// AFT.BEGIN gives a TIMEOUT.
@@ -95,6 +99,18 @@ impl Default for Config {
         }
     }
 }
+
+/// Largest [`Config::max_clients`].
+pub const MAX_CLIENTS: usize = 1 << 30;
+/// Largest [`Config::cache_mb`] (1 PiB): the cache size in bytes stays far from overflow.
+pub const MAX_CACHE_MB: usize = 1 << 30;
+/// Largest size limit in bytes (1 TiB): `max_bulk_len`, `max_inline_len`, `max_txn_bytes`,
+/// `max_open_txn_bytes`; and the largest `max_multibulk_len`.
+pub const MAX_SIZE: usize = 1 << 40;
+/// Longest timeout or interval in ms (a year): deadlines computed from it cannot overflow.
+pub const MAX_MS: u64 = 365 * 86_400_000;
+/// Longest retention in seconds (ten years): wall-clock arithmetic in ms cannot overflow.
+pub const MAX_RETENTION_SECS: u64 = 10 * 365 * 86_400;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -152,18 +168,67 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Checks values and parses the backend URL.
+    /// Checks that every value is in range, so that nothing computed from them (sizes in
+    /// bytes, deadlines, the semaphore of client slots) can overflow, and that the log
+    /// filter parses. The error names the key and its allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let sizes = [
+            ("max_bulk_len", self.max_bulk_len),
+            ("max_multibulk_len", self.max_multibulk_len),
+            ("max_inline_len", self.max_inline_len),
+            ("max_txn_bytes", self.max_txn_bytes),
+            ("max_open_txn_bytes", self.max_open_txn_bytes),
+        ];
+        for (key, value) in sizes {
+            in_range(key, value, 1, MAX_SIZE)?;
+        }
+        in_range("max_clients", self.max_clients, 1, MAX_CLIENTS)?;
+        in_range("cache_mb", self.cache_mb, 0, MAX_CACHE_MB)?;
+        in_range("max_open_txns", self.max_open_txns, 0, MAX_CLIENTS)?;
+        in_range(
+            "max_open_txns_per_client",
+            self.max_open_txns_per_client,
+            1,
+            MAX_CLIENTS,
+        )?;
+        in_range("max_snapshot_age_ms", self.max_snapshot_age_ms, 0, MAX_MS)?;
+        let timeouts = [
+            ("txn_timeout_ms", self.txn_timeout_ms),
+            ("max_txn_timeout_ms", self.max_txn_timeout_ms),
+            ("gc_interval_ms", self.gc_interval_ms),
+        ];
+        for (key, value) in timeouts {
+            in_range(key, value, 1, MAX_MS)?;
+        }
+        let retentions = [
+            (
+                "idempotency_retention_secs",
+                self.idempotency_retention_secs,
+            ),
+            ("status_retention_secs", self.status_retention_secs),
+        ];
+        for (key, value) in retentions {
+            in_range(key, value, 0, MAX_RETENTION_SECS)?;
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(ConfigError::Invalid(format!(
+                "log filter '{}' does not parse: {e} (expected error, warn, info, debug, \
+                 trace, or directives such as 'aft=debug,info')",
+                self.log
+            )));
+        }
+        Ok(())
+    }
+
+    /// The value cache's budget in bytes: `cache_mb` MiB (saturating; [`Config::validate`]
+    /// keeps it far below overflow).
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_mb.saturating_mul(1 << 20)
+    }
+
+    /// Checks values ([`Config::validate`]) and parses the backend URL.
     pub fn backend_kind(&self) -> Result<BackendKind, ConfigError> {
-        if self.max_bulk_len == 0 || self.max_multibulk_len == 0 || self.max_inline_len == 0 {
-            return Err(ConfigError::Invalid(
-                "request size limits must be positive".into(),
-            ));
-        }
-        if self.txn_timeout_ms == 0 || self.gc_interval_ms == 0 {
-            return Err(ConfigError::Invalid(
-                "txn_timeout_ms and gc_interval_ms must be positive".into(),
-            ));
-        }
+        self.validate()?;
         match self.backend.as_str() {
             "embedded" => Ok(BackendKind::Embedded),
             "memory" => Ok(BackendKind::Memory),
@@ -187,6 +252,19 @@ impl Config {
             ))),
         }
     }
+}
+
+/// `Ok` if `min <= value <= max`, else an error naming `key` and the range.
+fn in_range<T>(key: &str, value: T, min: T, max: T) -> Result<(), ConfigError>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if value < min || value > max {
+        return Err(ConfigError::Invalid(format!(
+            "{key} must be between {min} and {max} (got {value})"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -266,5 +344,212 @@ mod tests {
         config.backend = "cassandra://x".into();
         let err = config.backend_kind().unwrap_err().to_string();
         assert!(err.contains("unknown backend 'cassandra://x'"), "{err}");
+    }
+
+    /// The error of `config.validate()`, which must fail.
+    fn invalid(config: Config) -> String {
+        match config.validate() {
+            Ok(()) => panic!("accepted: {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn max_clients_must_be_positive_and_fit_a_semaphore() {
+        let error = invalid(Config {
+            max_clients: 0,
+            ..Config::default()
+        });
+        assert!(
+            error.contains("max_clients must be between 1 and"),
+            "{error}"
+        );
+        assert!(error.contains("(got 0)"), "{error}");
+        // Above tokio's Semaphore::MAX_PERMITS (usize::MAX >> 3) the server used to panic.
+        for huge in [usize::MAX >> 2, usize::MAX, MAX_CLIENTS + 1] {
+            let error = invalid(Config {
+                max_clients: huge,
+                ..Config::default()
+            });
+            assert!(error.contains(&format!("(got {huge})")), "{error}");
+        }
+        let config = Config {
+            max_clients: MAX_CLIENTS,
+            ..Config::default()
+        };
+        assert!(config.validate().is_ok());
+        // backend_kind checks the values too.
+        let config = Config {
+            max_clients: 0,
+            backend: "memory".into(),
+            ..Config::default()
+        };
+        assert!(config.backend_kind().is_err());
+    }
+
+    #[test]
+    fn cache_mb_cannot_overflow_the_cache_size_in_bytes() {
+        // 1 << 44 MiB shifted by 20 is 1 << 64: it wrapped to a zero-byte cache.
+        let error = invalid(Config {
+            cache_mb: 1 << 44,
+            ..Config::default()
+        });
+        assert!(error.contains("cache_mb must be between 0 and"), "{error}");
+        let config = Config {
+            cache_mb: MAX_CACHE_MB,
+            ..Config::default()
+        };
+        assert!(config.validate().is_ok());
+        assert_eq!(config.cache_bytes(), MAX_CACHE_MB << 20);
+        assert_eq!(Config::default().cache_bytes(), 256 << 20);
+        let config = Config {
+            cache_mb: 0,
+            ..Config::default()
+        };
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn sizes_timeouts_and_retentions_are_range_checked_by_name() {
+        let cases: Vec<(&str, Config)> = vec![
+            (
+                "max_bulk_len",
+                Config {
+                    max_bulk_len: 0,
+                    ..Config::default()
+                },
+            ),
+            (
+                "max_bulk_len",
+                Config {
+                    max_bulk_len: usize::MAX,
+                    ..Config::default()
+                },
+            ),
+            (
+                "max_multibulk_len",
+                Config {
+                    max_multibulk_len: 0,
+                    ..Config::default()
+                },
+            ),
+            (
+                "max_inline_len",
+                Config {
+                    max_inline_len: 0,
+                    ..Config::default()
+                },
+            ),
+            (
+                "max_txn_bytes",
+                Config {
+                    max_txn_bytes: 0,
+                    ..Config::default()
+                },
+            ),
+            (
+                "max_txn_bytes",
+                Config {
+                    max_txn_bytes: MAX_SIZE + 1,
+                    ..Config::default()
+                },
+            ),
+            (
+                "max_open_txn_bytes",
+                Config {
+                    max_open_txn_bytes: usize::MAX,
+                    ..Config::default()
+                },
+            ),
+            (
+                "max_open_txns",
+                Config {
+                    max_open_txns: usize::MAX,
+                    ..Config::default()
+                },
+            ),
+            (
+                "txn_timeout_ms",
+                Config {
+                    txn_timeout_ms: 0,
+                    ..Config::default()
+                },
+            ),
+            // Instant + Duration::from_millis(u64::MAX) panics.
+            (
+                "txn_timeout_ms",
+                Config {
+                    txn_timeout_ms: u64::MAX,
+                    ..Config::default()
+                },
+            ),
+            (
+                "max_txn_timeout_ms",
+                Config {
+                    max_txn_timeout_ms: u64::MAX,
+                    ..Config::default()
+                },
+            ),
+            (
+                "gc_interval_ms",
+                Config {
+                    gc_interval_ms: 0,
+                    ..Config::default()
+                },
+            ),
+            (
+                "gc_interval_ms",
+                Config {
+                    gc_interval_ms: MAX_MS + 1,
+                    ..Config::default()
+                },
+            ),
+            (
+                "idempotency_retention_secs",
+                Config {
+                    idempotency_retention_secs: u64::MAX,
+                    ..Config::default()
+                },
+            ),
+            (
+                "status_retention_secs",
+                Config {
+                    status_retention_secs: MAX_RETENTION_SECS + 1,
+                    ..Config::default()
+                },
+            ),
+        ];
+        for (key, config) in cases {
+            let error = invalid(config);
+            assert!(
+                error.starts_with(&format!("invalid configuration: {key} must be between ")),
+                "{key}: {error}"
+            );
+        }
+        assert!(Config::default().validate().is_ok());
+        let at_the_limits = Config {
+            max_bulk_len: MAX_SIZE,
+            txn_timeout_ms: MAX_MS,
+            idempotency_retention_secs: MAX_RETENTION_SECS,
+            status_retention_secs: 0,
+            ..Config::default()
+        };
+        assert!(at_the_limits.validate().is_ok());
+    }
+
+    #[test]
+    fn a_log_filter_that_does_not_parse_is_an_error_naming_it() {
+        let error = invalid(Config {
+            log: "not a[filter".into(),
+            ..Config::default()
+        });
+        assert!(error.contains("log filter 'not a[filter'"), "{error}");
+        for good in ["info", "warn", "aft=debug,info", "trace"] {
+            let config = Config {
+                log: good.into(),
+                ..Config::default()
+            };
+            assert!(config.validate().is_ok(), "{good}");
+        }
     }
 }

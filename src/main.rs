@@ -1,5 +1,7 @@
 //! The `aft` command line: `aft serve` runs the proxy.
 
+use std::future::Future;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use aft::config::{BackendKind, Config};
-use aft::server::{self, Context};
+use aft::server::{self, process, Context};
 use aft::storage::dynamodb::DynamoDbStorage;
 use aft::storage::embedded::{EmbeddedOptions, EmbeddedStorage};
 use aft::storage::memory::MemoryStorage;
@@ -113,7 +115,10 @@ struct ServeArgs {
     /// Memory for cached values, in MiB.
     #[arg(long, env = "AFT_CACHE_MB")]
     cache_mb: Option<usize>,
-    /// Log filter (error | warn | info | debug | trace).
+    /// Most clients connected at once (lowered at start if the open-file limit is too low).
+    #[arg(long, env = "AFT_MAX_CLIENTS")]
+    max_clients: Option<usize>,
+    /// Log filter (error | warn | info | debug | trace, or directives: aft=debug,info).
     #[arg(long, env = "AFT_LOG")]
     log: Option<String>,
 }
@@ -142,9 +147,13 @@ impl ServeArgs {
         if let Some(v) = self.cache_mb {
             config.cache_mb = v;
         }
+        if let Some(v) = self.max_clients {
+            config.max_clients = v;
+        }
         if let Some(v) = self.log {
             config.log = v;
         }
+        config.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }
 }
@@ -161,7 +170,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging(&config.log);
+            if let Err(e) = init_logging(&config.log) {
+                eprintln!("aft: {e}");
+                return ExitCode::from(2);
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -254,16 +266,25 @@ fn check(args: CheckArgs) -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
+/// Logs to stderr, in colour only when stderr is a terminal and `NO_COLOR` is unset or
+/// empty (<https://no-color.org>), so that log files and journals get plain text.
+fn init_logging(filter: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .map_err(|e| format!("invalid log filter '{filter}': {e}"))?;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(colour)
+        .try_init()
+        .map_err(|e| format!("cannot start logging: {e}"))
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+async fn serve(mut config: Config) -> Result<(), String> {
+    ignore_hangups()?;
+    // Before the backend opens its files and connections, so that they count too.
+    config.max_clients = process::fit_max_clients(config.max_clients)?.max_clients;
     let storage: Arc<dyn Storage> = match config.backend_kind().map_err(|e| e.to_string())? {
         BackendKind::Embedded => Arc::new(
             EmbeddedStorage::open(
@@ -307,6 +328,8 @@ async fn serve(config: Config) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("cannot recover the commit set: {e}"))?;
+    // Registered before listening: from the first client on, SIGTERM is graceful.
+    let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -321,28 +344,51 @@ async fn serve(config: Config) -> Result<(), String> {
         .load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(%addr, backend, recovered, "aft ready: listening on {addr}");
     let ctx = Context::new(engine, Arc::new(config), addr);
-    server::run(listener, ctx, shutdown_signal()).await;
+    server::run(listener, ctx, shutdown).await;
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Logs and otherwise ignores SIGHUP, as Redis does: a closed terminal or a
+/// `systemctl reload` must not stop the server.
+#[cfg(unix)]
+fn ignore_hangups() -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups =
+        signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("received SIGHUP: ignored (SIGTERM or SHUTDOWN stops aft)");
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn ignore_hangups() -> Result<(), String> {
+    Ok(())
+}
+
+/// A future that completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed
+/// now, so a signal that arrives before the future is first polled is not lost.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl Future<Output = ()>, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("received SIGINT"),
+            _ = terminate.recv() => tracing::info!("received SIGTERM"),
+        }
+    })
+}
+
+/// A future that completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl Future<Output = ()>, String> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -43,6 +43,12 @@ pub async fn serve(
     ctx.connected.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// Records the size of a reply buffer about to be written.
+fn note_output(ctx: &Context, len: usize) {
+    ctx.peak_output_buffer
+        .fetch_max(len as u64, Ordering::Relaxed);
+}
+
 /// Tells a client over `max_clients` why it is refused, then closes.
 pub async fn refuse(mut stream: TcpStream) {
     let mut out = BytesMut::new();
@@ -62,7 +68,7 @@ async fn serve_inner(
         max_multibulk_len: ctx.config.max_multibulk_len,
         max_inline_len: ctx.config.max_inline_len,
     };
-    let mut session = Session::new(ctx, peer);
+    let mut session = Session::new(ctx.clone(), peer);
     let mut parser = RequestParser::new(limits);
     parser.set_authenticated(session.is_authenticated());
     let mut input = BytesMut::with_capacity(INITIAL_BUFFER);
@@ -95,17 +101,20 @@ async fn serve_inner(
                     break;
                 }
                 if output.len() >= FLUSH_AT {
+                    note_output(&ctx, output.len());
                     stream.write_all(&output).await?;
                     output.clear();
                 }
             }
             parser.set_authenticated(session.is_authenticated());
             if session.should_close() {
+                note_output(&ctx, output.len());
                 stream.write_all(&output).await?;
                 return Ok(());
             }
             if let Some(e) = failed {
                 Reply::error(e.to_string()).encode(session.protocol(), &mut output);
+                note_output(&ctx, output.len());
                 stream.write_all(&output).await?;
                 return Ok(());
             }
@@ -114,6 +123,7 @@ async fn serve_inner(
             }
         }
         if !output.is_empty() {
+            note_output(&ctx, output.len());
             stream.write_all(&output).await?;
             output.clear();
         }

@@ -2,14 +2,15 @@
 //!
 //! INFO never fails (clients such as ioredis use it as a ready check); it reports Redis's
 //! usual fields where they make sense and aft's own counters as `aft_*` fields. CONFIG GET
-//! answers a fixed set of parameters; CONFIG SET is not supported.
+//! answers a fixed set of parameters; CONFIG RESETSTAT zeroes INFO's counters; CONFIG SET
+//! is not supported.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::Context;
+use super::{process, Context};
 use crate::cmd::util::{err, glob_match};
 use crate::cmd::{self, COMMANDS};
 use crate::reply::Reply;
@@ -71,8 +72,9 @@ impl Context {
             ),
             "clients" => write!(
                 out,
-                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nrejected_connections:{}\r\n",
+                "# Clients\r\nconnected_clients:{}\r\nclient_recent_max_output_buffer:{}\r\nmaxclients:{}\r\nrejected_connections:{}\r\n",
                 get(&self.connected),
+                get(&self.peak_output_buffer),
                 self.config.max_clients,
                 get(&self.rejected),
             ),
@@ -95,15 +97,25 @@ impl Context {
             }
             "memory" => {
                 let (versions, cached) = engine.memory_stats();
+                let cached = u64::try_from(cached).unwrap_or(u64::MAX);
+                let rss = process::resident_memory();
+                // Without an allocator of its own to ask, aft's best measure of the memory it
+                // uses is its resident set; where the system does not tell, the cached
+                // values (the part that grows with the data).
+                let used = rss.unwrap_or(cached);
+                let rss = rss.unwrap_or(0);
                 write!(
                     out,
-                    "# Memory\r\nused_memory:{cached}\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\naft_versions_in_memory:{versions}\r\naft_cached_value_bytes:{cached}\r\naft_cache_budget_bytes:{}\r\n",
-                    self.config.cache_mb << 20,
+                    "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\nmaxmemory:0\r\nmaxmemory_human:0B\r\nmaxmemory_policy:noeviction\r\naft_versions_in_memory:{versions}\r\naft_cached_value_bytes:{cached}\r\naft_cache_budget_bytes:{}\r\n",
+                    human_bytes(used),
+                    human_bytes(rss),
+                    self.config.cache_bytes(),
                 )
             }
             "persistence" => write!(
                 out,
-                "# Persistence\r\nloading:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\naof_enabled:0\r\naof_rewrite_in_progress:0\r\naft_recovered_commits:{}\r\n",
+                "# Persistence\r\nloading:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\naof_enabled:{}\r\naof_rewrite_in_progress:0\r\naft_recovered_commits:{}\r\n",
+                u8::from(self.persistence().appendonly),
                 get(&stats.recovered_commits),
             ),
             "stats" => write!(
@@ -124,13 +136,22 @@ impl Context {
                 let st = open.stats();
                 write!(
                     out,
-                    "# Transactions\r\naft_open_txns:{count}\r\naft_open_txn_bytes:{bytes}\r\naft_txns_begun:{}\r\naft_txns_committed:{}\r\naft_txns_aborted:{}\r\naft_txns_timed_out:{}\r\naft_txns_over_limit:{}\r\naft_idempotent_duplicates:{}\r\n",
+                    "# Transactions\r\naft_open_txns:{count}\r\naft_open_txn_bytes:{bytes}\r\naft_txns_begun:{}\r\naft_txns_committed:{}\r\naft_txns_aborted:{}\r\naft_txns_timed_out:{}\r\naft_txns_over_limit:{}\r\naft_txns_evicted:{}\r\naft_idempotent_duplicates:{}\r\naft_oldest_snapshot_age_ms:{}\r\naft_snapshots_revoked:{}\r\naft_commits_outcome_unknown:{}\r\naft_commits_unresolved:{}\r\naft_unknown_found_committed:{}\r\naft_unknown_found_not_committed:{}\r\n",
                     get(&st.begun),
                     get(&st.committed),
                     get(&st.aborted),
                     get(&st.timed_out),
                     get(&st.over_limit),
+                    get(&st.evicted),
                     get(&st.duplicates),
+                    engine
+                        .oldest_snapshot_age()
+                        .map_or(0, |age| age.as_millis() as u64),
+                    get(&stats.snapshots_revoked),
+                    get(&stats.outcome_unknown),
+                    engine.unresolved_commits(),
+                    get(&stats.unknown_committed),
+                    get(&stats.unknown_aborted),
                 )
             }
             "replication" => write!(out, "# Replication\r\nrole:master\r\nconnected_slaves:0\r\n"),
@@ -144,6 +165,35 @@ impl Context {
             }
             _ => Ok(()),
         };
+    }
+
+    /// What the backend does with acknowledged writes, in Redis's terms (see
+    /// [`Persistence`]).
+    pub fn persistence(&self) -> Persistence {
+        match self.engine.storage_name() {
+            // Each group commit is a redb transaction, committed before it is acknowledged:
+            // fsynced first, unless `fsync` is off (then on disk within about a second).
+            "embedded" => Persistence {
+                appendonly: true,
+                appendfsync: if self.config.fsync {
+                    "always"
+                } else {
+                    "everysec"
+                },
+            },
+            // DynamoDB acknowledges a write once it is durable in several availability zones.
+            "dynamodb" => Persistence {
+                appendonly: true,
+                appendfsync: "always",
+            },
+            // Memory keeps nothing. A Redis backend's durability is its own configuration,
+            // which aft does not inspect: it claims nothing it cannot vouch for and reports
+            // Redis's defaults.
+            _ => Persistence {
+                appendonly: false,
+                appendfsync: "everysec",
+            },
+        }
     }
 
     /// CONFIG GET / SET / RESETSTAT / REWRITE.
@@ -166,8 +216,11 @@ impl Context {
                     .rsplit_once(':')
                     .map(|(h, _)| h.to_string())
                     .unwrap_or_default();
+                let persistence = self.persistence();
+                let yes_no = |b: bool| if b { "yes" } else { "no" };
                 let params: Vec<(&str, String)> = vec![
-                    ("appendonly", "no".into()),
+                    ("appendfsync", persistence.appendfsync.into()),
+                    ("appendonly", yes_no(persistence.appendonly).into()),
                     ("bind", bind),
                     ("databases", "1".into()),
                     ("maxclients", c.max_clients.to_string()),
@@ -202,11 +255,43 @@ impl Context {
                     String::from_utf8_lossy(&args[2])
                 ))
             }
-            b"RESETSTAT" => Reply::ok(),
+            b"RESETSTAT" => {
+                if args.len() != 2 {
+                    return err("ERR wrong number of arguments for 'config|resetstat' command");
+                }
+                self.reset_stats();
+                Reply::ok()
+            }
             b"REWRITE" => err("ERR The server is running without a config file"),
             _ => unknown_subcommand(args),
         }
     }
+}
+
+/// Durability in the terms of Redis's `appendonly` and `appendfsync`, for CONFIG GET and
+/// INFO's `aof_enabled`, which clients such as redis-benchmark read. RDB snapshots never
+/// happen, so `save` is always empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persistence {
+    /// Every acknowledged commit is in a log that survives a restart of aft.
+    pub appendonly: bool,
+    /// `always`: each commit is on stable storage before it is acknowledged; `everysec`:
+    /// within about a second after.
+    pub appendfsync: &'static str,
+}
+
+/// Bytes as Redis's INFO prints them in `*_human` fields: `1023B`, `1.00K`, `15.34M`, …,
+/// up to `P`; beyond that, in bytes again.
+fn human_bytes(n: u64) -> String {
+    if n < 1 << 10 {
+        return format!("{n}B");
+    }
+    for (shift, suffix) in [(10, "K"), (20, "M"), (30, "G"), (40, "T"), (50, "P")] {
+        if n < 1 << (shift + 10) {
+            return format!("{:.2}{suffix}", n as f64 / (1u64 << shift) as f64);
+        }
+    }
+    format!("{n}B")
 }
 
 /// COMMAND, COMMAND COUNT / LIST / INFO / DOCS.
@@ -251,4 +336,21 @@ fn command_info(c: &cmd::CommandSpec) -> Reply {
         Reply::Array(vec![]),
         Reply::Array(vec![]),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn human_bytes_are_printed_like_redis() {
+        assert_eq!(human_bytes(0), "0B");
+        assert_eq!(human_bytes(1023), "1023B");
+        assert_eq!(human_bytes(1024), "1.00K");
+        assert_eq!(human_bytes(1536), "1.50K");
+        assert_eq!(human_bytes(16_089_088), "15.34M");
+        assert_eq!(human_bytes(3 << 30), "3.00G");
+        assert_eq!(human_bytes((1 << 60) - (1 << 48)), "1023.75P");
+        assert_eq!(human_bytes(u64::MAX), "18446744073709551615B");
+    }
 }

@@ -6,6 +6,7 @@
 pub mod connection;
 pub mod info;
 pub mod parser;
+pub mod process;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,14 +33,17 @@ pub struct Context {
     pub listen_addr: String,
     /// Next CLIENT ID.
     pub next_client_id: AtomicU64,
-    /// Commands processed.
+    /// Commands processed (since start or the last CONFIG RESETSTAT, like every counter).
     pub commands: AtomicU64,
-    /// Connections accepted since start.
+    /// Connections accepted.
     pub connections_total: AtomicU64,
     /// Connections open now.
     pub connected: AtomicU64,
     /// Connections refused because of `max_clients`.
     pub rejected: AtomicU64,
+    /// The most reply bytes any connection held before writing them (INFO clients'
+    /// `client_recent_max_output_buffer`): bounded by the flush mark plus one reply.
+    pub peak_output_buffer: AtomicU64,
     /// When the server started.
     pub started: Instant,
     /// When the server started, in seconds since the epoch.
@@ -72,10 +76,23 @@ impl Context {
             connections_total: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            peak_output_buffer: AtomicU64::new(0),
             started: Instant::now(),
             started_unix: crate::txn::clock::wall_ms() / 1000,
             shutdown: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Zeroes the counters INFO reports (CONFIG RESETSTAT), as Redis does: commands
+    /// processed, connections received and rejected, the engine's and the interactive
+    /// transactions' counters. Gauges (connected clients, keys, open transactions, versions
+    /// in memory) describe the present and are kept.
+    pub fn reset_stats(&self) {
+        for counter in [&self.commands, &self.connections_total, &self.rejected] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        self.engine.stats().reset();
+        self.open_txns.stats().reset();
     }
 
     /// Asks the server to shut down gracefully (the SHUTDOWN command).
@@ -85,12 +102,53 @@ impl Context {
     }
 }
 
+/// Shortest time between two `accept failed` log lines.
+const ACCEPT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Rate limit of the `accept failed` warning: the first failure is reported at once, later
+/// ones at most once per interval, as a count.
+struct AcceptFailures {
+    interval: Duration,
+    last_report: Option<Instant>,
+    /// Failures not reported yet.
+    pending: u64,
+}
+
+impl AcceptFailures {
+    fn new(interval: Duration) -> Self {
+        AcceptFailures {
+            interval,
+            last_report: None,
+            pending: 0,
+        }
+    }
+
+    /// Counts a failure at `now`. Returns the number of failures to report now (this one
+    /// included), or `None` if it is too soon after the last report.
+    fn record(&mut self, now: Instant) -> Option<u64> {
+        self.pending = self.pending.saturating_add(1);
+        let due = self
+            .last_report
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.interval);
+        if !due {
+            return None;
+        }
+        self.last_report = Some(now);
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
 /// Serves clients on `listener` until `shutdown` completes, then stops accepting, lets
 /// every connection finish the requests it has read (commits in progress complete), and
 /// closes the backend.
 pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let slots = Arc::new(Semaphore::new(ctx.config.max_clients));
+    // Config::validate bounds max_clients far below Semaphore::MAX_PERMITS; the clamp keeps
+    // a context built without validation from panicking here.
+    let slots = Arc::new(Semaphore::new(
+        ctx.config.max_clients.min(Semaphore::MAX_PERMITS),
+    ));
+    let mut accept_failures = AcceptFailures::new(ACCEPT_FAILURE_LOG_INTERVAL);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -101,8 +159,17 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Future
                 let (stream, peer) = match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
-                        // E.g. too many open files: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
+                        // E.g. too many open files: back off instead of spinning, and log
+                        // a summary instead of a line per attempt.
+                        match accept_failures.record(Instant::now()) {
+                            Some(1) => tracing::warn!(error = %e, "accept failed"),
+                            Some(failures) => tracing::warn!(
+                                error = %e,
+                                failures,
+                                "accept failed {failures} times since the last report"
+                            ),
+                            None => {}
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -139,5 +206,27 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Future
     match ctx.engine.close().await {
         Ok(()) => tracing::info!("backend closed"),
         Err(e) => tracing::error!(error = %e, "closing the backend failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_are_reported_once_then_at_most_once_per_interval() {
+        let mut failures = AcceptFailures::new(Duration::from_secs(5));
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(failures.record(at(0)), Some(1));
+        // A failure every 50 ms (the back-off) for 5 s: one more line, with the count.
+        let reported: Vec<u64> = (1..=100)
+            .filter_map(|i| failures.record(at(i * 50)))
+            .collect();
+        assert_eq!(reported, vec![100]);
+        // After a quiet spell the next failure is reported at once, alone.
+        assert_eq!(failures.record(at(60_000)), Some(1));
+        assert_eq!(failures.record(at(60_001)), None);
+        assert_eq!(failures.record(at(65_000)), Some(2));
     }
 }

@@ -154,6 +154,53 @@ pub struct Stats {
     pub snapshots_revoked: AtomicU64,
 }
 
+impl Stats {
+    /// Zeroes every counter (CONFIG RESETSTAT) except `recovered_commits`, a fact about the
+    /// start rather than a running count.
+    pub fn reset(&self) {
+        // Destructured so that a new counter cannot be forgotten here.
+        let Stats {
+            commits,
+            conflicts,
+            watch_failures,
+            storage_errors,
+            storage_reads,
+            cache_hits,
+            recovered_commits: _,
+            versions_collected,
+            commits_collected,
+            keys_removed,
+            gc_runs,
+            gc_errors,
+            orphans_reclaimed,
+            outcome_unknown,
+            unknown_committed,
+            unknown_aborted,
+            snapshots_revoked,
+        } = self;
+        for counter in [
+            commits,
+            conflicts,
+            watch_failures,
+            storage_errors,
+            storage_reads,
+            cache_hits,
+            versions_collected,
+            commits_collected,
+            keys_removed,
+            gc_runs,
+            gc_errors,
+            orphans_reclaimed,
+            outcome_unknown,
+            unknown_committed,
+            unknown_aborted,
+            snapshots_revoked,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Keys of commits that are validated but not yet published (or whose outcome is not yet
 /// known), and FLUSHALLs between taking their timestamp and fencing their keys.
 #[derive(Default, Debug)]

@@ -208,6 +208,27 @@ pub struct OpenStats {
     pub evicted: AtomicU64,
 }
 
+impl OpenStats {
+    /// Zeroes every counter (CONFIG RESETSTAT).
+    pub fn reset(&self) {
+        // Destructured so that a new counter cannot be forgotten here.
+        let OpenStats {
+            begun,
+            committed,
+            aborted,
+            timed_out,
+            over_limit,
+            duplicates,
+            evicted,
+        } = self;
+        for counter in [
+            begun, committed, aborted, timed_out, over_limit, duplicates, evicted,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// How long ended transactions are remembered for AFT.STATUS and AFT.ATTACH errors.
 const REMEMBER_ENDED: Duration = Duration::from_secs(600);
 const REMEMBER_MAX: usize = 100_000;

@@ -11,6 +11,8 @@ mod dynamodb;
 mod gc;
 mod harness;
 mod interactive;
+mod isolation;
+mod ops;
 mod recovery;
 mod redis_backend;
 mod redis_process;

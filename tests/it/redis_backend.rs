@@ -7,6 +7,8 @@
 //!   nor through a new aft that recovers from Redis.
 //! * Two aft processes share one Redis: each sees the other's commits once it restarts.
 //! * A commit is one round trip to a standalone Redis: one `EVALSHA` per transaction.
+//! * A commit whose reply is lost (Redis stalls past aft's timeout, then applies it) is not
+//!   forgotten: it becomes visible, and read-modify-writes after it count from it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -376,5 +378,89 @@ async fn each_commit_is_one_evalsha_on_standalone_redis() {
     assert_eq!(command_calls(&redis, "evalsha"), COMMITS);
     assert_eq!(command_calls(&redis, "eval"), 0);
     assert_eq!(command_calls(&redis, "mset"), 0);
+    drop((aft, redis));
+}
+
+/// Stalls the Redis server on `port` for `secs` seconds (`DEBUG SLEEP`), from a thread.
+fn stall(port: u16, secs: &str) -> std::thread::JoinHandle<()> {
+    let secs = secs.to_string();
+    let handle = std::thread::spawn(move || {
+        crate::redis_process::cli(port, &["debug", "sleep", &secs]);
+    });
+    // Let the command reach Redis before the caller sends its own.
+    std::thread::sleep(Duration::from_millis(150));
+    handle
+}
+
+async fn query<T: redis::FromRedisValue>(
+    con: &mut MultiplexedConnection,
+    args: &[&str],
+) -> redis::RedisResult<T> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(con).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_applied_after_its_reply_was_lost_is_not_forgotten() {
+    let redis = tokio::task::spawn_blocking(|| {
+        RedisServer::with_args(&[
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--enable-debug-command",
+            "yes",
+        ])
+    })
+    .await
+    .expect("start redis");
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redis://127.0.0.1:{}?timeout_ms=300", redis.port);
+    let aft = Process::spawn(dir.path(), &["--backend", &url]);
+    let mut con = connect(aft.addr).await;
+
+    let _: () = query(&mut con, &["SET", "k", "v0"]).await.unwrap();
+    let sleeping = stall(redis.port, "1.5");
+    let lost = query::<()>(&mut con, &["SET", "k", "x"]).await.unwrap_err();
+    assert!(
+        lost.to_string().contains("commit outcome unknown"),
+        "{lost}"
+    );
+    sleeping.join().unwrap();
+    // Redis applied it when it woke up: aft learns it without a restart.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let k: Option<String> = query(&mut con, &["GET", "k"]).await.unwrap();
+        if k.as_deref() == Some("x") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "GET k still says {k:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // An increment whose reply was lost is counted by the next one.
+    let _: () = query(&mut con, &["SET", "c", "10"]).await.unwrap();
+    let sleeping = stall(redis.port, "1.5");
+    let lost = query::<i64>(&mut con, &["INCR", "c"]).await.unwrap_err();
+    assert!(
+        lost.to_string().contains("commit outcome unknown"),
+        "{lost}"
+    );
+    let next: i64 = query(&mut con, &["INCR", "c"]).await.unwrap();
+    sleeping.join().unwrap();
+    assert_eq!(next, 12, "an increment was lost");
+    let info: String = query(&mut con, &["INFO", "transactions"]).await.unwrap();
+    assert!(info.contains("aft_commits_outcome_unknown:2"), "{info}");
+    assert!(info.contains("aft_commits_unresolved:0"), "{info}");
+
+    // And after a restart, the same.
+    aft.terminate();
+    let aft = Process::spawn(dir.path(), &["--backend", &url]);
+    let mut con = connect(aft.addr).await;
+    let got: Vec<Option<String>> = query(&mut con, &["MGET", "k", "c"]).await.unwrap();
+    assert_eq!(got, vec![Some("x".into()), Some("12".into())]);
     drop((aft, redis));
 }
