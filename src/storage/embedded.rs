@@ -59,6 +59,12 @@
 //!
 //! Reads run a redb read transaction on the blocking thread pool
 //! ([`tokio::task::spawn_blocking`]); they see every commit acknowledged before they began.
+//!
+//! # Memory
+//!
+//! redb caches pages (those read, and those written but not yet on disk) up to
+//! [`EmbeddedOptions::cache_bytes`]; [`CacheBudget::split`] shares one budget between that
+//! cache and the engine's value cache, so that `cache_mb` bounds both.
 
 use std::fmt;
 use std::ops::Bound;
@@ -114,6 +120,13 @@ pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// anyway; a reopen that fails because the file is still held is retried later).
 const READERS_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// [`EmbeddedOptions::cache_bytes`] by default: a quarter of the default 256 MiB budget, as
+/// [`CacheBudget::split`] gives.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// Smallest page cache [`CacheBudget::split`] gives redb out of a budget that allows it.
+pub const MIN_PAGE_CACHE_BYTES: usize = 4 << 20;
+
 /// Options of [`EmbeddedStorage::open`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EmbeddedOptions {
@@ -121,12 +134,46 @@ pub struct EmbeddedOptions {
     /// acknowledged once applied, and flushed within [`NON_DURABLE_FLUSH_INTERVAL`] (like
     /// Redis's `appendfsync everysec`).
     pub fsync: bool,
+    /// Bytes of redb's page cache ([`redb::Builder::set_cache_size`]): pages read, and pages
+    /// written but not yet on disk (at most half of it), are held in memory up to this size.
+    /// redb's own default is 1 GiB; this one is [`DEFAULT_CACHE_BYTES`]. See [`CacheBudget`]
+    /// for sharing one budget with the engine's value cache.
+    pub cache_bytes: usize,
 }
 
 impl Default for EmbeddedOptions {
-    /// `fsync: true`.
+    /// `fsync: true`, `cache_bytes:` [`DEFAULT_CACHE_BYTES`].
     fn default() -> Self {
-        EmbeddedOptions { fsync: true }
+        EmbeddedOptions {
+            fsync: true,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// One memory budget (the `cache_mb` setting) shared by redb's page cache and the engine's
+/// value cache, so that the two together stay within it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheBudget {
+    /// Bytes for redb's page cache: [`EmbeddedOptions::cache_bytes`].
+    pub page_cache: usize,
+    /// Bytes for the engine's value cache: `EngineConfig::cache_bytes`.
+    pub value_cache: usize,
+}
+
+impl CacheBudget {
+    /// Splits `total` bytes: a quarter goes to redb's page cache, but at least
+    /// [`MIN_PAGE_CACHE_BYTES`] (all of `total` if it is smaller); the rest goes to the
+    /// value cache. The two always add up to `total`.
+    ///
+    /// The engine caches the values it serves, so redb's cache mostly holds the pages of the
+    /// tree above them and the pages being written: a quarter is plenty.
+    pub fn split(total: usize) -> CacheBudget {
+        let page_cache = (total / 4).max(MIN_PAGE_CACHE_BYTES).min(total);
+        CacheBudget {
+            page_cache,
+            value_cache: total - page_cache,
+        }
     }
 }
 
@@ -201,8 +248,10 @@ impl EmbeddedStorage {
         })?;
         let path = dir.join(FILE_NAME);
         let file = path.clone();
+        let cache_bytes = options.cache_bytes;
         let open: Opener = Box::new(move || {
             Database::builder()
+                .set_cache_size(cache_bytes)
                 .create(&file)
                 .map_err(|e| open_error(&file, e))
         });
@@ -230,6 +279,7 @@ impl EmbeddedStorage {
     {
         let path = name.into();
         let label = path.clone();
+        let cache_bytes = options.cache_bytes;
         let open: Opener = Box::new(move || {
             let backend = backend().map_err(|e| {
                 StorageError::Io(format!(
@@ -238,6 +288,7 @@ impl EmbeddedStorage {
                 ))
             })?;
             Database::builder()
+                .set_cache_size(cache_bytes)
                 .create_with_backend(backend)
                 .map_err(|e| open_error(&label, e))
         });
@@ -1391,12 +1442,20 @@ mod tests {
 
     fn open_temp(fsync: bool) -> (Arc<EmbeddedStorage>, TempDir) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage = EmbeddedStorage::open(dir.path(), EmbeddedOptions { fsync }).expect("open");
+        let options = EmbeddedOptions {
+            fsync,
+            ..EmbeddedOptions::default()
+        };
+        let storage = EmbeddedStorage::open(dir.path(), options).expect("open");
         (Arc::new(storage), dir)
     }
 
     fn reopen(dir: &TempDir, fsync: bool) -> EmbeddedStorage {
-        EmbeddedStorage::open(dir.path(), EmbeddedOptions { fsync }).expect("reopen")
+        let options = EmbeddedOptions {
+            fsync,
+            ..EmbeddedOptions::default()
+        };
+        EmbeddedStorage::open(dir.path(), options).expect("reopen")
     }
 
     conformance::conformance_tests!(|| open_temp(true));
@@ -1805,7 +1864,7 @@ mod tests {
     /// An in-memory disk that fails on demand like a full or broken one: while `full` is set,
     /// and for the next `failing_syncs` calls of `sync_data`, those calls fail with
     /// `StorageFull` (ENOSPC) and change nothing. Clones share the bytes and the switches, so
-    /// a store can reopen the same disk.
+    /// a store can reopen the same disk. Counts the bytes read from it.
     #[derive(Clone, Debug, Default)]
     struct FaultyDisk {
         bytes: Arc<InMemoryBackend>,
@@ -1813,6 +1872,7 @@ mod tests {
         full: Arc<AtomicBool>,
         /// This many more `sync_data` calls fail.
         failing_syncs: Arc<AtomicU64>,
+        read_bytes: Arc<AtomicU64>,
     }
 
     impl FaultyDisk {
@@ -1847,6 +1907,8 @@ mod tests {
         }
 
         fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            self.read_bytes
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
             StorageBackend::read(&*self.bytes, offset, out)
         }
 
@@ -2059,7 +2121,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_flush_without_fsync_starts_an_outage_that_ends() {
         let disk = FaultyDisk::default();
-        let options = EmbeddedOptions { fsync: false };
+        let options = EmbeddedOptions {
+            fsync: false,
+            ..EmbeddedOptions::default()
+        };
         let s = disk.open(options).expect("open");
         disk.fail_syncs(1);
         // Acknowledged without fsync; the flush a second later fails.
@@ -2088,6 +2153,60 @@ mod tests {
         assert_eq!(backoff(4), RETRY_BACKOFF_MIN * 8);
         assert_eq!(backoff(1000), RETRY_BACKOFF_MAX);
         assert_eq!(backoff(u32::MAX), RETRY_BACKOFF_MAX);
+    }
+
+    #[test]
+    fn the_cache_budget_gives_redb_a_quarter() {
+        let split = |total| {
+            let b = CacheBudget::split(total);
+            assert_eq!(b.page_cache + b.value_cache, total);
+            (b.page_cache, b.value_cache)
+        };
+        assert_eq!(split(256 << 20), (64 << 20, 192 << 20));
+        assert_eq!(split(256 << 20).0, DEFAULT_CACHE_BYTES);
+        assert_eq!(split(8 << 20), (MIN_PAGE_CACHE_BYTES, 4 << 20));
+        assert_eq!(split(1 << 20), (1 << 20, 0));
+        assert_eq!(split(0), (0, 0));
+    }
+
+    /// Bytes read from the disk by a second read of every value, after a first one.
+    async fn bytes_read_by_a_second_pass(cache_bytes: usize) -> u64 {
+        const VALUES: u64 = 32;
+        let disk = FaultyDisk::default();
+        let options = EmbeddedOptions {
+            fsync: true,
+            cache_bytes,
+        };
+        let s = disk.open(options).expect("open");
+        let value = vec![7u8; 256 << 10];
+        let ids: Vec<VersionId> = (1..=VALUES).map(|i| vid(i, u128::from(i))).collect();
+        for id in &ids {
+            commit_ok(&s, batch(*id, None, &[(b"k", &value)])).await;
+        }
+        let read_all = || async {
+            for id in &ids {
+                assert_eq!(
+                    get_one(&s, b"k", *id).await.map(|v| v.len()),
+                    Some(value.len())
+                );
+            }
+        };
+        read_all().await;
+        let before = disk.read_bytes.load(Ordering::Relaxed);
+        read_all().await;
+        let read = disk.read_bytes.load(Ordering::Relaxed) - before;
+        s.close().await.expect("close");
+        read
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_page_cache_holds_cache_bytes_and_no_more() {
+        // 8 MiB of values through a 1 MiB page cache: the second pass misses again.
+        let small = bytes_read_by_a_second_pass(1 << 20).await;
+        assert!(small >= 6 << 20, "{small} bytes read through a 1 MiB cache");
+        // Through a 64 MiB cache it is all served from memory.
+        let large = bytes_read_by_a_second_pass(64 << 20).await;
+        assert!(large < 1 << 20, "{large} bytes read through a 64 MiB cache");
     }
 
     const CRASH_DIR_ENV: &str = "AFT_STORAGE_CRASH_TEST_DIR";
