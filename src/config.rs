@@ -30,7 +30,9 @@ pub struct Config {
     /// Whether the embedded backend fsyncs each group commit before acknowledging it.
     /// Turning this off trades durability on power loss for speed.
     pub fsync: bool,
-    /// Memory for cached values, in MiB (0 to [`MAX_CACHE_MB`]).
+    /// Memory for caches, in MiB (0 to [`MAX_CACHE_MB`]): the engine's cached values and,
+    /// with the embedded backend, redb's page cache too (a quarter of it; see
+    /// [`CacheBudget`](crate::storage::embedded::CacheBudget)).
     pub cache_mb: usize,
     /// Largest bulk string a client may send, in bytes (Redis's proto-max-bulk-len).
     pub max_bulk_len: usize,

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use aft::config::{BackendKind, Config};
 use aft::server::{self, process, Context};
 use aft::storage::dynamodb::DynamoDbStorage;
-use aft::storage::embedded::{EmbeddedOptions, EmbeddedStorage};
+use aft::storage::embedded::{CacheBudget, EmbeddedOptions, EmbeddedStorage};
 use aft::storage::memory::MemoryStorage;
 use aft::storage::redis::RedisStorage;
 use aft::storage::Storage;
@@ -285,16 +285,23 @@ async fn serve(mut config: Config) -> Result<(), String> {
     ignore_hangups()?;
     // Before the backend opens its files and connections, so that they count too.
     config.max_clients = process::fit_max_clients(config.max_clients)?.max_clients;
+    // `cache_mb` bounds every cache: the engine's values, and redb's pages when embedded.
+    let mut value_cache_bytes = config.cache_bytes();
     let storage: Arc<dyn Storage> = match config.backend_kind().map_err(|e| e.to_string())? {
-        BackendKind::Embedded => Arc::new(
-            EmbeddedStorage::open(
-                &config.data_dir,
-                EmbeddedOptions {
-                    fsync: config.fsync,
-                },
+        BackendKind::Embedded => {
+            let budget = CacheBudget::split(value_cache_bytes);
+            value_cache_bytes = budget.value_cache;
+            Arc::new(
+                EmbeddedStorage::open(
+                    &config.data_dir,
+                    EmbeddedOptions {
+                        fsync: config.fsync,
+                        cache_bytes: budget.page_cache,
+                    },
+                )
+                .map_err(|e| format!("cannot open the embedded backend: {e}"))?,
             )
-            .map_err(|e| format!("cannot open the embedded backend: {e}"))?,
-        ),
+        }
         BackendKind::Memory => Arc::new(MemoryStorage::new()),
         BackendKind::DynamoDb(mut options) => {
             // The TTL of idempotency entries is a backstop: well past the retention.
@@ -317,7 +324,7 @@ async fn serve(mut config: Config) -> Result<(), String> {
     let engine = Engine::open(
         storage,
         EngineConfig {
-            cache_bytes: config.cache_mb << 20,
+            cache_bytes: value_cache_bytes,
             gc_interval: std::time::Duration::from_millis(config.gc_interval_ms),
             idempotency_retention: std::time::Duration::from_secs(
                 config.idempotency_retention_secs,

@@ -27,6 +27,29 @@ const FLUSH_AT: usize = 64 * 1024;
 /// Buffers larger than this are released when idle.
 const KEEP_BUFFER: usize = 1024 * 1024;
 const INITIAL_BUFFER: usize = 16 * 1024;
+/// Room for the next read: at least this much is made when less is left.
+const MIN_READ: usize = 4096;
+/// While a bulk string arrives, the buffer grows by at least this much (if the string still
+/// needs that much).
+const MIN_BULK_GROWTH: usize = 64 * 1024;
+
+/// Makes room in `input` for the next read, when the parser still needs `needed` more bytes
+/// (0: unknown).
+///
+/// The buffer grows with the bytes that actually arrive, never with the length a client
+/// announces: a few `$536870912` headers cost a few KiB each, not 512 MiB. It grows only once
+/// nearly full, by as much as it holds (at least [`MIN_BULK_GROWTH`], at most what is still
+/// needed), so its capacity stays within about twice what has arrived, and a large value is
+/// received in a logarithmic number of reallocations (`realloc`, which moves large blocks
+/// without copying them on common allocators; at worst they copy less than twice the value).
+fn make_room(input: &mut BytesMut, needed: usize) {
+    let spare = input.capacity() - input.len();
+    if spare >= MIN_READ || (needed > 0 && spare >= needed) {
+        return;
+    }
+    let growth = needed.min(input.len().max(MIN_BULK_GROWTH)).max(MIN_READ);
+    input.reserve(growth);
+}
 
 /// Serves one client until it disconnects, sends QUIT, sends garbage, or the server stops.
 pub async fn serve(
@@ -133,12 +156,7 @@ async fn serve_inner(
         if input.is_empty() && input.capacity() > KEEP_BUFFER {
             input = BytesMut::with_capacity(INITIAL_BUFFER);
         }
-        // Reserve once for a large bulk string being received, bounded by the limits.
-        let want = parser
-            .needed()
-            .min(limits.max_bulk_len.saturating_add(2))
-            .max(4096);
-        input.reserve(want);
+        make_room(&mut input, parser.needed());
         tokio::select! {
             read = stream.read_buf(&mut input) => {
                 if read? == 0 {
@@ -147,5 +165,76 @@ async fn serve_inner(
             }
             _ = stop.changed() => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Receives a bulk string of `len` bytes (plus CRLF) in reads of at most `read` bytes,
+    /// the way `serve_inner` does; checks memory at every step and returns an upper bound of
+    /// the bytes copied by reallocations (every move of the buffer counted as a copy).
+    fn receive(len: usize, read: usize) -> usize {
+        let total = len + 2;
+        let mut input = BytesMut::with_capacity(INITIAL_BUFFER);
+        let piece = vec![7u8; read];
+        let mut copied = 0;
+        while input.len() < total {
+            let before = input.as_ptr();
+            let needed = total - input.len();
+            make_room(&mut input, needed);
+            if input.as_ptr() != before {
+                copied += input.len();
+            }
+            let room = input.capacity() - input.len();
+            assert!(room > 0, "no room made at {} bytes", input.len());
+            assert!(
+                input.capacity() <= 2 * input.len() + 2 * MIN_BULK_GROWTH,
+                "{} bytes of buffer for {} received",
+                input.capacity(),
+                input.len()
+            );
+            let n = read.min(room).min(total - input.len());
+            input.extend_from_slice(&piece[..n]);
+        }
+        copied
+    }
+
+    #[test]
+    fn an_announced_length_alone_reserves_one_bounded_chunk() {
+        let mut input = BytesMut::with_capacity(INITIAL_BUFFER);
+        input.extend_from_slice(b"the first bytes");
+        // Like a client that sent `$536870912` and nothing more yet.
+        make_room(&mut input, (512 << 20) + 2);
+        assert!(input.capacity() <= INITIAL_BUFFER, "{}", input.capacity());
+        input.resize(input.capacity(), 0);
+        make_room(&mut input, 512 << 20);
+        assert_eq!(input.capacity(), INITIAL_BUFFER + MIN_BULK_GROWTH);
+    }
+
+    #[test]
+    fn a_large_value_received_in_small_reads_is_copied_less_than_twice() {
+        for (len, read) in [
+            (100 << 20, 1500),
+            (3 << 20, 64 << 10),
+            (70_000, 1),
+            (10, 4096),
+        ] {
+            let copied = receive(len, read);
+            assert!(copied < 2 * len, "{copied} bytes copied to receive {len}");
+        }
+    }
+
+    #[test]
+    fn between_requests_a_plain_read_is_made_room_for() {
+        let mut input = BytesMut::new();
+        make_room(&mut input, 0);
+        assert!(input.capacity() >= MIN_READ);
+        // Room enough already: nothing moves.
+        let mut input = BytesMut::with_capacity(INITIAL_BUFFER);
+        let before = input.as_ptr();
+        make_room(&mut input, 1 << 20);
+        assert_eq!(input.as_ptr(), before);
     }
 }

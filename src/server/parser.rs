@@ -245,10 +245,14 @@ impl RequestParser {
     ///
     /// Refers to the buffer as the last [`parse`](Self::parse) call left it:
     /// while the payload of a bulk string is arriving it is the rest of that
-    /// payload plus its trailing CRLF, so the caller can `reserve` it once for a
-    /// large bulk instead of growing the buffer repeatedly. It is a lower bound:
-    /// later elements of the same request are not counted. Never more than
-    /// [`Limits::max_bulk_len`] + 2.
+    /// payload plus its trailing CRLF, so the caller can size its reads and cap
+    /// the buffer's growth. It is a lower bound: later elements of the same
+    /// request are not counted. Never more than [`Limits::max_bulk_len`] + 2.
+    ///
+    /// It is what the client *announced*, not what it sent: reserving it up
+    /// front would let a client that sends a few `$<max_bulk_len>` headers make
+    /// the server allocate that much for each; grow the buffer as the bytes
+    /// arrive instead.
     #[must_use]
     pub fn needed(&self) -> usize {
         self.needed

@@ -10,7 +10,8 @@
 //!   `encode_record`); the byte order of the keys is the id order, so a range scan lists
 //!   records in id order.
 //! * `idempotency`: idempotency key → [`VersionId::to_bytes`] of the commit holding it.
-//! * `meta`: `"format"` → the layout version, checked on open.
+//! * `meta`: `"format"` → the layout version, checked on open; `"probe"` → how many write
+//!   probes have run (see *Write failures and recovery*).
 //!
 //! # Writes: group commit
 //!
@@ -25,18 +26,45 @@
 //! If the group fails before redb commits, every waiter gets [`StorageError::Io`] (a redb
 //! transaction is atomic: nothing was written). If redb's commit itself fails, the group may
 //! or may not have become durable (redb documents this for a failed commit), so waiters get
-//! [`StorageError::OutcomeUnknown`]; redb then refuses further writes until the store is
-//! reopened.
+//! [`StorageError::OutcomeUnknown`].
+//!
+//! # Write failures and recovery
+//!
+//! After a failed write (a disk full, an `fsync` error) redb refuses every later operation on
+//! that [`Database`] until it is reopened. The writer thread therefore treats any failed
+//! group, flush or reopen as the start of an *outage*:
+//!
+//! * the store stops accepting writes at once: [`Storage::commit`] and [`Storage::delete`]
+//!   fail fast with [`StorageError::Unavailable`] (nothing was written; the caller may retry),
+//!   without queueing behind the writer;
+//! * the writer drops the failed database and reopens the file right away (redb repairs it as
+//!   after a crash: it holds exactly the groups that became durable), so reads keep working
+//!   whenever the disk allows the file to be opened; until then they fail with
+//!   [`StorageError::Unavailable`];
+//! * after [`RETRY_BACKOFF_MIN`], doubling with each consecutive failure up to
+//!   [`RETRY_BACKOFF_MAX`], the writer probes the disk with a small durable write transaction
+//!   (it bumps `meta["probe"]`); once one commits, writes are accepted again.
+//!
+//! The start and the end of an outage are each logged once (`warn`, then `info`); the state is
+//! reported by [`EmbeddedStorage::health`] and counted in [`EmbeddedStorage::stats`]. No
+//! request is ever acknowledged unless the transaction holding it committed.
 //!
 //! With [`EmbeddedOptions::fsync`] off, groups are committed without `fsync` (redb's
 //! `Durability::None`), and a durable commit follows within [`NON_DURABLE_FLUSH_INTERVAL`], at
 //! close, and when the store is dropped: a crash of the process or of the machine loses at most
-//! the acknowledged commits of that last interval.
+//! the acknowledged commits of that last interval. So does a write failure: the reopen that
+//! follows it (see above) finds the file as a crash would leave it.
 //!
 //! # Reads
 //!
 //! Reads run a redb read transaction on the blocking thread pool
 //! ([`tokio::task::spawn_blocking`]); they see every commit acknowledged before they began.
+//!
+//! # Memory
+//!
+//! redb caches pages (those read, and those written but not yet on disk) up to
+//! [`EmbeddedOptions::cache_bytes`]; [`CacheBudget::split`] shares one budget between that
+//! cache and the engine's value cache, so that `cache_mb` bounds both.
 
 use std::fmt;
 use std::ops::Bound;
@@ -81,6 +109,24 @@ const COMMITS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("commits");
 const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// First wait, after a failed write, before the writer probes the disk again; it doubles with
+/// every consecutive failure, up to [`RETRY_BACKOFF_MAX`].
+pub const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
+
+/// Longest wait between two probes of a failing disk.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How long a reopen waits for reads still using the failed database to finish (it then tries
+/// anyway; a reopen that fails because the file is still held is retried later).
+const READERS_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// [`EmbeddedOptions::cache_bytes`] by default: a quarter of the default 256 MiB budget, as
+/// [`CacheBudget::split`] gives.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// Smallest page cache [`CacheBudget::split`] gives redb out of a budget that allows it.
+pub const MIN_PAGE_CACHE_BYTES: usize = 4 << 20;
+
 /// Options of [`EmbeddedStorage::open`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EmbeddedOptions {
@@ -88,12 +134,46 @@ pub struct EmbeddedOptions {
     /// acknowledged once applied, and flushed within [`NON_DURABLE_FLUSH_INTERVAL`] (like
     /// Redis's `appendfsync everysec`).
     pub fsync: bool,
+    /// Bytes of redb's page cache ([`redb::Builder::set_cache_size`]): pages read, and pages
+    /// written but not yet on disk (at most half of it), are held in memory up to this size.
+    /// redb's own default is 1 GiB; this one is [`DEFAULT_CACHE_BYTES`]. See [`CacheBudget`]
+    /// for sharing one budget with the engine's value cache.
+    pub cache_bytes: usize,
 }
 
 impl Default for EmbeddedOptions {
-    /// `fsync: true`.
+    /// `fsync: true`, `cache_bytes:` [`DEFAULT_CACHE_BYTES`].
     fn default() -> Self {
-        EmbeddedOptions { fsync: true }
+        EmbeddedOptions {
+            fsync: true,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// One memory budget (the `cache_mb` setting) shared by redb's page cache and the engine's
+/// value cache, so that the two together stay within it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheBudget {
+    /// Bytes for redb's page cache: [`EmbeddedOptions::cache_bytes`].
+    pub page_cache: usize,
+    /// Bytes for the engine's value cache: `EngineConfig::cache_bytes`.
+    pub value_cache: usize,
+}
+
+impl CacheBudget {
+    /// Splits `total` bytes: a quarter goes to redb's page cache, but at least
+    /// [`MIN_PAGE_CACHE_BYTES`] (all of `total` if it is smaller); the rest goes to the
+    /// value cache. The two always add up to `total`.
+    ///
+    /// The engine caches the values it serves, so redb's cache mostly holds the pages of the
+    /// tree above them and the pages being written: a quarter is plenty.
+    pub fn split(total: usize) -> CacheBudget {
+        let page_cache = (total / 4).max(MIN_PAGE_CACHE_BYTES).min(total);
+        CacheBudget {
+            page_cache,
+            value_cache: total - page_cache,
+        }
     }
 }
 
@@ -104,7 +184,34 @@ pub struct EmbeddedStats {
     pub groups: u64,
     /// Commits and deletions applied by those transactions.
     pub requests: u64,
+    /// Write transactions (groups, flushes and probes) that failed.
+    pub write_failures: u64,
+    /// Attempts to reopen the database after a failure that failed themselves.
+    pub reopen_failures: u64,
+    /// Times the database was reopened after a failure.
+    pub reopens: u64,
+    /// Commits and deletions refused, unapplied, because the store could not write.
+    pub refused: u64,
 }
+
+/// Whether the store can write and read; see [`EmbeddedStorage::health`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmbeddedHealth {
+    /// Commits and deletions are accepted: `false` from a failed write until a later write
+    /// transaction commits.
+    pub writable: bool,
+    /// Reads are served: `false` while the database is closed, or could not be reopened after
+    /// a failure.
+    pub readable: bool,
+    /// While not writable: the error of the latest failed attempt (a write or a reopen).
+    pub error: Option<String>,
+    /// While not writable: how long ago the first failure of this outage happened.
+    pub failing_for: Option<Duration>,
+}
+
+/// Opens the database: at start, and again after each write failure. Each call must return a
+/// handle on the same storage.
+type Opener = Box<dyn Fn() -> Result<Database, StorageError> + Send>;
 
 /// The on-disk [`Storage`]: a redb database written by one group-commit thread.
 ///
@@ -117,8 +224,6 @@ pub struct EmbeddedStats {
 /// Tokio runtime.
 pub struct EmbeddedStorage {
     path: PathBuf,
-    /// For reads; `None` once closed.
-    db: RwLock<Option<Arc<Database>>>,
     /// Set by `close` and `drop`, before they stop the writer.
     closed: AtomicBool,
     /// Requests to the writer thread; `None` only while dropping.
@@ -142,23 +247,69 @@ impl EmbeddedStorage {
             StorageError::Io(format!("cannot create directory {}: {e}", dir.display()))
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::builder()
-            .create(&path)
-            .map_err(|e| open_error(&path, e))?;
-        Self::start(db, path, options)
+        let file = path.clone();
+        let cache_bytes = options.cache_bytes;
+        let open: Opener = Box::new(move || {
+            Database::builder()
+                .set_cache_size(cache_bytes)
+                .create(&file)
+                .map_err(|e| open_error(&file, e))
+        });
+        Self::start(open, path, options)
     }
 
-    /// Initializes the tables of `db` and starts its writer thread.
-    fn start(db: Database, path: PathBuf, options: EmbeddedOptions) -> Result<Self, StorageError> {
+    /// Opens (creating it if empty) a store kept in a redb [`StorageBackend`] rather than in a
+    /// file, e.g. one that injects faults. `name` stands for the path in [`Self::path`] and in
+    /// messages.
+    ///
+    /// `backend` is called once now, and again for every reopen after a write failure (see the
+    /// module documentation); every call must return a handle on the same storage, and may
+    /// fail (the open, or the reopen, then fails with [`StorageError::Io`]). Errors are those
+    /// of [`Self::open`]. Blocks like it.
+    ///
+    /// [`StorageBackend`]: redb::StorageBackend
+    pub fn open_with_backend<B, F>(
+        name: impl Into<PathBuf>,
+        options: EmbeddedOptions,
+        backend: F,
+    ) -> Result<Self, StorageError>
+    where
+        B: redb::StorageBackend,
+        F: Fn() -> std::io::Result<B> + Send + 'static,
+    {
+        let path = name.into();
+        let label = path.clone();
+        let cache_bytes = options.cache_bytes;
+        let open: Opener = Box::new(move || {
+            let backend = backend().map_err(|e| {
+                StorageError::Io(format!(
+                    "cannot open the backend of {}: {e}",
+                    label.display()
+                ))
+            })?;
+            Database::builder()
+                .set_cache_size(cache_bytes)
+                .create_with_backend(backend)
+                .map_err(|e| open_error(&label, e))
+        });
+        Self::start(open, path, options)
+    }
+
+    /// Opens the database, initializes its tables and starts the writer thread.
+    fn start(open: Opener, path: PathBuf, options: EmbeddedOptions) -> Result<Self, StorageError> {
+        let db = open()?;
         init_tables(&db, &path)?;
         let db = Arc::new(db);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(db.clone()));
         let (requests, queue) = mpsc::channel();
         let writer = Writer {
-            db: db.clone(),
+            db: Some(db),
+            open,
+            path: path.clone(),
             queue,
             fsync: options.fsync,
             unflushed_since: None,
+            retry: None,
             shared: shared.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -169,7 +320,6 @@ impl EmbeddedStorage {
             })?;
         Ok(EmbeddedStorage {
             path,
-            db: RwLock::new(Some(db)),
             closed: AtomicBool::new(false),
             requests: Some(requests),
             writer: Mutex::new(Some(handle)),
@@ -177,28 +327,65 @@ impl EmbeddedStorage {
         })
     }
 
-    /// Path of the database file.
+    /// Path of the database file (the name given to [`Self::open_with_backend`]).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// What the writer thread has done so far.
     pub fn stats(&self) -> EmbeddedStats {
+        let s = &self.shared;
         EmbeddedStats {
-            groups: self.shared.groups.load(Ordering::Relaxed),
-            requests: self.shared.requests.load(Ordering::Relaxed),
+            groups: s.groups.load(Ordering::Relaxed),
+            requests: s.requests.load(Ordering::Relaxed),
+            write_failures: s.write_failures.load(Ordering::Relaxed),
+            reopen_failures: s.reopen_failures.load(Ordering::Relaxed),
+            reopens: s.reopens.load(Ordering::Relaxed),
+            refused: s.refused.load(Ordering::Relaxed),
         }
     }
 
-    /// Queues a request for the writer and waits for its answer.
+    /// Whether the store accepts writes: `false` from a failed write until the writer has
+    /// reopened the database and committed a write again. Cheap (one atomic load).
+    pub fn healthy(&self) -> bool {
+        self.shared.writable.load(Ordering::Acquire)
+    }
+
+    /// The store's health in detail; see the module documentation for what happens during an
+    /// outage.
+    pub fn health(&self) -> EmbeddedHealth {
+        let closed = self.closed.load(Ordering::Acquire);
+        let writable = self.healthy() && !closed;
+        let readable = !closed && self.shared.db.read().is_some();
+        let outage = self.shared.outage.lock();
+        EmbeddedHealth {
+            writable,
+            readable,
+            error: outage.as_ref().map(|o| o.error.clone()),
+            failing_for: outage.as_ref().map(|o| o.since.elapsed()),
+        }
+    }
+
+    /// `Ok` if the store takes writes now. During an outage requests fail fast here, rather
+    /// than queue behind a writer that may be reopening the database.
+    fn check_writable(&self) -> Result<(), StorageError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
+        if !self.healthy() {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(self.shared.unwritable());
+        }
+        Ok(())
+    }
+
+    /// Queues a request for the writer, if the store takes writes, and waits for its answer.
     async fn submit<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> Request,
         lost: impl FnOnce() -> StorageError,
     ) -> Result<T, StorageError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(StorageError::Closed);
-        }
+        self.check_writable()?;
         let (reply, answer) = oneshot::channel();
         let sent = match &self.requests {
             Some(requests) => requests.send(make(reply)).is_ok(),
@@ -233,7 +420,14 @@ impl EmbeddedStorage {
         if self.closed.load(Ordering::Acquire) {
             return Err(StorageError::Closed);
         }
-        let db = self.db.read().clone().ok_or(StorageError::Closed)?;
+        let db = self.shared.db.read().clone();
+        let Some(db) = db else {
+            return Err(if self.closed.load(Ordering::Acquire) {
+                StorageError::Closed
+            } else {
+                self.shared.unreadable()
+            });
+        };
         tokio::task::spawn_blocking(move || read(&db))
             .await
             .map_err(|e| StorageError::Io(format!("storage read task failed: {e}")))?
@@ -245,6 +439,7 @@ impl fmt::Debug for EmbeddedStorage {
         f.debug_struct("EmbeddedStorage")
             .field("path", &self.path)
             .field("closed", &self.closed.load(Ordering::Relaxed))
+            .field("healthy", &self.healthy())
             .field("stats", &self.stats())
             .finish()
     }
@@ -257,9 +452,7 @@ impl Storage for EmbeddedStorage {
 
     fn commit(&self, batch: CommitBatch) -> BoxFuture<'_, Result<CommitOutcome, StorageError>> {
         Box::pin(async move {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(StorageError::Closed);
-            }
+            self.check_writable()?;
             // Encoded here, on the caller's thread, to keep the writer thread on I/O.
             let commit = EncodedCommit::new(batch)?;
             self.submit(
@@ -400,7 +593,7 @@ impl Storage for EmbeddedStorage {
                     ));
                 }
             }
-            self.db.write().take();
+            self.shared.db.write().take();
             result
         })
     }
@@ -662,12 +855,71 @@ enum Request {
 }
 
 /// State shared by the store and its writer thread.
-#[derive(Default)]
 struct Shared {
+    /// For reads; `None` once closed, and while the writer reopens the database.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Whether requests are accepted; cleared by the writer at a failure, set again once a
+    /// write commits.
+    writable: AtomicBool,
+    /// The outage in progress, if any.
+    outage: Mutex<Option<Outage>>,
     groups: AtomicU64,
     requests: AtomicU64,
+    write_failures: AtomicU64,
+    reopen_failures: AtomicU64,
+    reopens: AtomicU64,
+    refused: AtomicU64,
     /// The final flush's result, once a close has stopped the writer.
     close_result: Mutex<Option<Result<(), StorageError>>>,
+}
+
+/// A period during which the store cannot write.
+struct Outage {
+    /// When its first failure happened.
+    since: Instant,
+    /// The error of its latest failed attempt.
+    error: String,
+}
+
+impl Shared {
+    fn new(db: Arc<Database>) -> Self {
+        Shared {
+            db: RwLock::new(Some(db)),
+            writable: AtomicBool::new(true),
+            outage: Mutex::new(None),
+            groups: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            write_failures: AtomicU64::new(0),
+            reopen_failures: AtomicU64::new(0),
+            reopens: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            close_result: Mutex::new(None),
+        }
+    }
+
+    /// The error of the outage in progress, for messages.
+    fn outage_error(&self) -> String {
+        self.outage
+            .lock()
+            .as_ref()
+            .map_or_else(|| "a write failed".to_owned(), |o| o.error.clone())
+    }
+
+    /// The answer to a request refused during an outage: nothing was written.
+    fn unwritable(&self) -> StorageError {
+        StorageError::Unavailable(format!(
+            "the embedded store cannot write ({}); it is retrying in the background",
+            self.outage_error()
+        ))
+    }
+
+    /// The answer to a read while the database is being reopened.
+    fn unreadable(&self) -> StorageError {
+        StorageError::Unavailable(format!(
+            "the embedded store is reopening its file after a write failure ({})",
+            self.outage_error()
+        ))
+    }
 }
 
 /// Requests applied together in one write transaction.
@@ -720,12 +972,34 @@ struct GroupResults {
 }
 
 struct Writer {
-    db: Arc<Database>,
+    /// The open database; `None` after a failure until a reopen succeeds.
+    db: Option<Arc<Database>>,
+    open: Opener,
+    /// For logs.
+    path: PathBuf,
     queue: mpsc::Receiver<Request>,
     fsync: bool,
     /// With `fsync` off: when the oldest commit not yet flushed was made.
     unflushed_since: Option<Instant>,
+    /// During an outage: when to try writing again. `None` while writes are accepted.
+    retry: Option<Retry>,
     shared: Arc<Shared>,
+}
+
+/// When the writer tries again during an outage.
+struct Retry {
+    /// Consecutive failed attempts (writes and reopens) so far; at least 1.
+    failures: u32,
+    /// When to reopen the database (if it is not open) and probe it.
+    at: Instant,
+}
+
+/// The wait before the next attempt after `failures` consecutive failures.
+fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    RETRY_BACKOFF_MIN
+        .saturating_mul(1 << doublings)
+        .min(RETRY_BACKOFF_MAX)
 }
 
 impl Writer {
@@ -747,7 +1021,11 @@ impl Writer {
                 }
             }
             if !group.is_empty() {
-                self.apply(group);
+                if self.retry.is_some() {
+                    self.refuse(group);
+                } else {
+                    self.apply(group);
+                }
             }
             if let Some(reply) = close {
                 let result = self.flush();
@@ -760,22 +1038,34 @@ impl Writer {
         }
     }
 
-    /// The next request; `None` once every sender is gone. With unflushed commits, flushes
-    /// when [`NON_DURABLE_FLUSH_INTERVAL`] passes without one.
+    /// The next request; `None` once every sender is gone. Meanwhile, with unflushed commits,
+    /// flushes when [`NON_DURABLE_FLUSH_INTERVAL`] passes without a request, and during an
+    /// outage tries writing again when its retry is due.
     fn next_request(&mut self) -> Option<Request> {
         loop {
-            let Some(since) = self.unflushed_since else {
-                return self.queue.recv().ok();
+            // Checked before waiting, so that requests arriving steadily cannot hold it off.
+            if self.retry.as_ref().is_some_and(|r| r.at <= Instant::now()) {
+                self.retry_writes();
+                continue;
+            }
+            let flush_at = self.unflushed_since.map(|t| t + NON_DURABLE_FLUSH_INTERVAL);
+            let wake = match (flush_at, self.retry.as_ref().map(|r| r.at)) {
+                (Some(flush), Some(retry)) => flush.min(retry),
+                (Some(at), None) | (None, Some(at)) => at,
+                (None, None) => return self.queue.recv().ok(),
             };
-            let wait = NON_DURABLE_FLUSH_INTERVAL.saturating_sub(since.elapsed());
-            match self.queue.recv_timeout(wait) {
+            match self
+                .queue
+                .recv_timeout(wake.saturating_duration_since(Instant::now()))
+            {
                 Ok(request) => return Some(request),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return None,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Err(e) = self.flush() {
-                        tracing::error!(error = %e, "flushing the embedded store failed");
-                        // Retried at the next group or at close; don't spin meanwhile.
-                        self.unflushed_since = Some(Instant::now());
+                    if flush_at.is_some_and(|t| t <= Instant::now()) {
+                        if let Err(e) = self.flush() {
+                            self.note_failure(&e);
+                            self.reopen_for_reads();
+                        }
                     }
                 }
             }
@@ -801,7 +1091,25 @@ impl Writer {
         }
     }
 
+    /// Answers a group taken during an outage without applying it.
+    fn refuse(&mut self, group: Group) {
+        self.shared
+            .refused
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        for reply in group.commit_replies {
+            let _ = reply.send(Err(self.shared.unwritable()));
+        }
+        for reply in group.delete_replies {
+            let _ = reply.send(Err(self.shared.unwritable()));
+        }
+    }
+
     fn apply(&mut self, group: Group) {
+        let Some(db) = self.db.clone() else {
+            // Not reached: the database is open whenever no retry is pending.
+            self.refuse(group);
+            return;
+        };
         let durable = self.fsync
             || self
                 .unflushed_since
@@ -819,7 +1127,7 @@ impl Writer {
             ..
         } = group;
         let requests = commits.len() + deletions.len();
-        match apply_group(&self.db, &commits, &deletions, durability) {
+        match apply_group(&db, &commits, &deletions, durability) {
             Ok(results) => {
                 self.shared.groups.fetch_add(1, Ordering::Relaxed);
                 self.shared
@@ -838,13 +1146,16 @@ impl Writer {
                 }
             }
             Err(error) => {
-                tracing::error!(%error, requests, "embedded store group commit failed");
+                drop(db);
+                // Writes are refused from here on; the waiters learn first, then the reopen.
+                self.note_failure(&error);
                 for reply in commit_replies {
                     let _ = reply.send(Err(error.clone()));
                 }
                 for reply in delete_replies {
                     let _ = reply.send(Err(error.clone()));
                 }
+                self.reopen_for_reads();
             }
         }
     }
@@ -854,12 +1165,150 @@ impl Writer {
         if self.unflushed_since.is_none() {
             return Ok(());
         }
-        let txn = self.db.begin_write().or_io("begin flush")?;
+        let Some(db) = &self.db else {
+            // Not reached: a failure, which closes the database, forgets unflushed commits.
+            return Ok(());
+        };
+        let txn = db.begin_write().or_io("begin flush")?;
         // A new write transaction is durable (`Durability::Immediate`) unless told otherwise.
         txn.commit()
             .map_err(|e| StorageError::Io(format!("flush: {e}")))?;
         self.unflushed_since = None;
         Ok(())
+    }
+
+    /// Starts or extends the outage after `error`: refuses writes, schedules the next
+    /// attempt, logs (the first failure only, above `debug`).
+    fn note_failure(&mut self, error: &StorageError) {
+        self.shared.writable.store(false, Ordering::Release);
+        if self.db.is_some() {
+            // A write failed (reopen failures are counted by `reopen`).
+            self.shared.write_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let failures = self.retry.as_ref().map_or(0, |r| r.failures) + 1;
+        let wait = backoff(failures);
+        self.retry = Some(Retry {
+            failures,
+            at: Instant::now() + wait,
+        });
+        let lost_unflushed = self.unflushed_since.take().is_some();
+        let path = self.path.display();
+        let mut outage = self.shared.outage.lock();
+        match &mut *outage {
+            Some(outage) => {
+                tracing::debug!(%path, %error, failures, ?wait, "embedded store still cannot write");
+                outage.error = error.to_string();
+            }
+            None => {
+                tracing::warn!(
+                    %path,
+                    %error,
+                    "embedded store cannot write: refusing writes until a retry succeeds"
+                );
+                *outage = Some(Outage {
+                    since: Instant::now(),
+                    error: error.to_string(),
+                });
+            }
+        }
+        if lost_unflushed {
+            tracing::error!(
+                %path,
+                "commits acknowledged without fsync since the last flush may be lost"
+            );
+        }
+    }
+
+    /// After a failed write: replaces the failed database (which redb no longer lets anyone
+    /// use) by a fresh one, so that reads go on while writes wait for their retry.
+    fn reopen_for_reads(&mut self) {
+        if self.db.is_none() {
+            // The failure was a reopen; the next one waits for the retry.
+            return;
+        }
+        if let Err(error) = self.reopen() {
+            tracing::debug!(path = %self.path.display(), %error, "reopening the embedded store failed");
+            if let Some(outage) = &mut *self.shared.outage.lock() {
+                outage.error = error.to_string();
+            }
+        }
+    }
+
+    /// Closes the database (waiting a little for reads still using it) and opens it again.
+    fn reopen(&mut self) -> Result<(), StorageError> {
+        self.release_database();
+        match (self.open)() {
+            Ok(db) => {
+                let db = Arc::new(db);
+                *self.shared.db.write() = Some(db.clone());
+                self.db = Some(db);
+                self.shared.reopens.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                self.shared.reopen_failures.fetch_add(1, Ordering::Relaxed);
+                Err(error)
+            }
+        }
+    }
+
+    /// Drops the database, and waits up to [`READERS_DRAIN_TIMEOUT`] for the reads that still
+    /// hold it, so that its file is released before it is opened again.
+    fn release_database(&mut self) {
+        self.shared.db.write().take();
+        let Some(db) = self.db.take() else { return };
+        let held = Arc::downgrade(&db);
+        drop(db);
+        let deadline = Instant::now() + READERS_DRAIN_TIMEOUT;
+        while held.strong_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The retry of an outage: reopens the database if needed and probes it with a write;
+    /// ends the outage if that commits.
+    fn retry_writes(&mut self) {
+        let result = match self.db.is_some() {
+            true => Ok(()),
+            false => self.reopen(),
+        }
+        .and_then(|()| self.probe());
+        match result {
+            Ok(()) => {
+                let failures = self.retry.take().map_or(0, |r| r.failures);
+                let outage = self.shared.outage.lock().take();
+                self.shared.writable.store(true, Ordering::Release);
+                let down = outage.map(|o| o.since.elapsed()).unwrap_or_default();
+                tracing::info!(
+                    path = %self.path.display(),
+                    ?down,
+                    failures,
+                    "embedded store writes again"
+                );
+            }
+            Err(error) => {
+                self.note_failure(&error);
+                self.reopen_for_reads();
+            }
+        }
+    }
+
+    /// A small durable write transaction, to learn whether the disk takes writes again.
+    fn probe(&self) -> Result<(), StorageError> {
+        let Some(db) = &self.db else {
+            return Err(StorageError::Io("the database is not open".into()));
+        };
+        let txn = db.begin_write().or_io("begin probe")?;
+        {
+            let mut meta = txn.open_table(META).or_io("open meta")?;
+            let probes = meta
+                .get("probe")
+                .or_io("read probe")?
+                .map_or(0, |v| v.value());
+            meta.insert("probe", probes.wrapping_add(1))
+                .or_io("write probe")?;
+        }
+        txn.commit().or_io("commit probe")
     }
 }
 
@@ -997,12 +1446,20 @@ mod tests {
 
     fn open_temp(fsync: bool) -> (Arc<EmbeddedStorage>, TempDir) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage = EmbeddedStorage::open(dir.path(), EmbeddedOptions { fsync }).expect("open");
+        let options = EmbeddedOptions {
+            fsync,
+            ..EmbeddedOptions::default()
+        };
+        let storage = EmbeddedStorage::open(dir.path(), options).expect("open");
         (Arc::new(storage), dir)
     }
 
     fn reopen(dir: &TempDir, fsync: bool) -> EmbeddedStorage {
-        EmbeddedStorage::open(dir.path(), EmbeddedOptions { fsync }).expect("reopen")
+        let options = EmbeddedOptions {
+            fsync,
+            ..EmbeddedOptions::default()
+        };
+        EmbeddedStorage::open(dir.path(), options).expect("reopen")
     }
 
     conformance::conformance_tests!(|| open_temp(true));
@@ -1328,7 +1785,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn queued_commits_share_one_write_transaction() {
         let (s, _dir) = open_temp(true);
-        let db = s.db.read().clone().expect("open");
+        let db = s.shared.db.read().clone().expect("open");
         // While the test holds redb's write lock the writer thread cannot begin a group, so
         // every commit below is queued before any is applied.
         let blocker = db.begin_write().expect("begin write");
@@ -1408,50 +1865,227 @@ mod tests {
         }
     }
 
-    /// An in-memory disk whose `fsync` fails on demand.
-    #[derive(Debug, Default)]
-    struct FlakyDisk {
-        inner: InMemoryBackend,
-        fail_sync: Arc<AtomicBool>,
+    /// An in-memory disk that fails on demand like a full or broken one: while `full` is set,
+    /// and for the next `failing_syncs` calls of `sync_data`, those calls fail with
+    /// `StorageFull` (ENOSPC) and change nothing. Clones share the bytes and the switches, so
+    /// a store can reopen the same disk. Counts the bytes read from it.
+    #[derive(Clone, Debug, Default)]
+    struct FaultyDisk {
+        bytes: Arc<InMemoryBackend>,
+        /// Every `write`, `set_len` and `sync_data` fails.
+        full: Arc<AtomicBool>,
+        /// This many more `sync_data` calls fail.
+        failing_syncs: Arc<AtomicU64>,
+        read_bytes: Arc<AtomicU64>,
     }
 
-    impl StorageBackend for FlakyDisk {
+    impl FaultyDisk {
+        fn set_full(&self, full: bool) {
+            self.full.store(full, Ordering::SeqCst);
+        }
+
+        fn fail_syncs(&self, n: u64) {
+            self.failing_syncs.store(n, Ordering::SeqCst);
+        }
+
+        fn check(&self) -> Result<(), std::io::Error> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "injected: no space left on device",
+                ));
+            }
+            Ok(())
+        }
+
+        /// Opens a store on this disk.
+        fn open(&self, options: EmbeddedOptions) -> Result<EmbeddedStorage, StorageError> {
+            let disk = self.clone();
+            EmbeddedStorage::open_with_backend("faulty-disk", options, move || Ok(disk.clone()))
+        }
+    }
+
+    impl StorageBackend for FaultyDisk {
         fn len(&self) -> Result<u64, std::io::Error> {
-            self.inner.len()
+            self.bytes.len()
         }
 
         fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-            self.inner.read(offset, out)
+            self.read_bytes
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
+            StorageBackend::read(&*self.bytes, offset, out)
         }
 
         fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-            self.inner.set_len(len)
+            self.check()?;
+            self.bytes.set_len(len)
         }
 
         fn sync_data(&self) -> Result<(), std::io::Error> {
-            if self.fail_sync.load(Ordering::SeqCst) {
-                return Err(std::io::Error::other("injected fsync failure"));
+            self.check()?;
+            let failing =
+                self.failing_syncs
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if failing.is_ok() {
+                return Err(std::io::Error::other("injected: fsync failed"));
             }
-            self.inner.sync_data()
+            self.bytes.sync_data()
         }
 
         fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-            self.inner.write(offset, data)
+            self.check()?;
+            StorageBackend::write(&*self.bytes, offset, data)
         }
+    }
+
+    /// Polls until the store accepts writes again.
+    async fn wait_until_healthy(s: &EmbeddedStorage) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !s.healthy() {
+            assert!(
+                Instant::now() < deadline,
+                "the store did not recover by itself: {:?}, {:?}",
+                s.health(),
+                s.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn value_of(id: VersionId) -> Bytes {
+        Bytes::from(format!("value-{}", id.ts))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_resume_by_themselves_once_a_full_disk_has_room() {
+        let disk = FaultyDisk::default();
+        let s = disk.open(EmbeddedOptions::default()).expect("open");
+        let commit = |id: VersionId| s.commit(batch(id, None, &[(b"k", &value_of(id))]));
+        let mut acknowledged = Vec::new();
+        for ts in 1..=5 {
+            let id = vid(ts, u128::from(ts));
+            assert_eq!(plain(commit(id).await), Ok(CommitOutcome::Committed));
+            acknowledged.push(id);
+        }
+        assert!(s.healthy());
+
+        disk.set_full(true);
+        // The group whose commit failed may or may not be durable.
+        let unknown = vid(10, 10);
+        let failed = commit(unknown).await;
+        assert!(
+            matches!(
+                failed,
+                Err(StorageError::OutcomeUnknown(_) | StorageError::Io(_))
+            ),
+            "{failed:?}"
+        );
+        assert!(!s.healthy());
+
+        // While the disk is full, commits fail at once, write nothing and say why; the
+        // writer keeps retrying (and failing) meanwhile.
+        let mut refused = Vec::new();
+        for ts in 11..=20 {
+            let id = vid(ts, u128::from(ts));
+            let start = Instant::now();
+            let result = commit(id).await;
+            assert!(start.elapsed() < Duration::from_secs(1), "a refusal waited");
+            match result {
+                Err(StorageError::Unavailable(message)) => {
+                    assert!(message.contains("no space left"), "{message}");
+                }
+                other => panic!("a commit while the disk is full: {other:?}"),
+            }
+            refused.push(id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let health = s.health();
+        assert!(!health.writable, "{health:?}");
+        assert!(health.failing_for.is_some(), "{health:?}");
+        let stats = s.stats();
+        assert_eq!(stats.refused, 10, "{stats:?}");
+        assert!(stats.write_failures >= 1, "{stats:?}");
+        assert!(stats.reopen_failures >= 1, "{stats:?}");
+
+        // Space is back: nothing from outside, the store takes commits again.
+        disk.set_full(false);
+        wait_until_healthy(&s).await;
+        let health = s.health();
+        assert!(health.readable && health.error.is_none(), "{health:?}");
+        assert!(s.stats().reopens >= 1);
+        for ts in 21..=25 {
+            let id = vid(ts, u128::from(ts));
+            assert_eq!(plain(commit(id).await), Ok(CommitOutcome::Committed));
+            acknowledged.push(id);
+        }
+        for id in &acknowledged {
+            assert_eq!(get_one(&s, b"k", *id).await, Some(value_of(*id)));
+        }
+        s.close().await.expect("close");
+        drop(s);
+
+        // Opened afresh: every acknowledged commit is there, no refused one is.
+        let s = disk.open(EmbeddedOptions::default()).expect("reopen");
+        let found: BTreeSet<VersionId> = scan_all(&s).await.iter().map(|r| r.id).collect();
+        for id in &acknowledged {
+            assert!(found.contains(id), "acknowledged {id:?} lost");
+            assert_eq!(get_one(&s, b"k", *id).await, Some(value_of(*id)));
+        }
+        for id in &refused {
+            assert!(!found.contains(id), "refused {id:?} was written");
+            assert_eq!(get_one(&s, b"k", *id).await, None);
+        }
+        if found.contains(&unknown) {
+            assert_eq!(get_one(&s, b"k", unknown).await, Some(value_of(unknown)));
+        }
+        s.close().await.expect("close");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_failed_fsync_is_outcome_unknown_and_reads_go_on() {
+        let disk = FaultyDisk::default();
+        let s = disk.open(EmbeddedOptions::default()).expect("open");
+        let before = vid(1, 1);
+        commit_ok(&s, batch(before, None, &[(b"k", &value_of(before))])).await;
+
+        disk.fail_syncs(1);
+        let unknown = vid(2, 2);
+        let failed = s
+            .commit(batch(unknown, None, &[(b"k", &value_of(unknown))]))
+            .await;
+        assert!(
+            matches!(failed, Err(StorageError::OutcomeUnknown(_))),
+            "{failed:?}"
+        );
+        // The disk works again, so the writer's reopen succeeds: reads are served at once,
+        // while writes wait for the probe.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !s.health().readable {
+            assert!(Instant::now() < deadline, "{:?}", s.health());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(get_one(&s, b"k", before).await, Some(value_of(before)));
+        wait_until_healthy(&s).await;
+        let after = vid(3, 3);
+        commit_ok(&s, batch(after, None, &[(b"k", &value_of(after))])).await;
+        let stats = s.stats();
+        assert_eq!((stats.write_failures, stats.reopen_failures), (1, 0));
+        s.close().await.expect("close");
+        drop(s);
+
+        let s = disk.open(EmbeddedOptions::default()).expect("reopen");
+        assert_eq!(get_one(&s, b"k", before).await, Some(value_of(before)));
+        assert_eq!(get_one(&s, b"k", after).await, Some(value_of(after)));
+        s.close().await.expect("close");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failed_group_commit_answers_every_waiter_with_an_error() {
-        let disk = FlakyDisk::default();
-        let fail_sync = disk.fail_sync.clone();
-        let db = Database::builder().create_with_backend(disk).expect("db");
-        let s = Arc::new(
-            EmbeddedStorage::start(db, PathBuf::from("flaky"), EmbeddedOptions::default())
-                .expect("start"),
-        );
+        let disk = FaultyDisk::default();
+        let s = Arc::new(disk.open(EmbeddedOptions::default()).expect("open"));
         commit_ok(&*s, batch(vid(1, 1), None, &[(b"k", b"v")])).await;
 
-        fail_sync.store(true, Ordering::SeqCst);
+        disk.set_full(true);
         let tasks: Vec<_> = (2..18u64)
             .map(|i| {
                 let s = s.clone();
@@ -1463,20 +2097,120 @@ mod tests {
             match task.await.expect("task") {
                 // The group whose commit failed may or may not be durable.
                 Err(StorageError::OutcomeUnknown(_)) => unknown += 1,
-                // Later groups: redb refuses to write after a failed commit.
-                Err(StorageError::Io(_)) => {}
+                // Later requests: refused, unapplied, until the disk has room again.
+                Err(StorageError::Unavailable(_) | StorageError::Io(_)) => {}
                 other => panic!("expected an error, got {other:?}"),
             }
         }
         assert!(unknown >= 1);
         let later = s.commit(batch(vid(30, 0), None, &[])).await;
-        assert!(matches!(later, Err(StorageError::Io(_))), "{later:?}");
-        // Reads still serve what was committed.
+        assert!(
+            matches!(later, Err(StorageError::Unavailable(_))),
+            "{later:?}"
+        );
+        let deletion = s.delete(vec![vkey(b"k", vid(1, 1))], vec![]).await;
+        assert!(
+            matches!(deletion, Err(StorageError::Unavailable(_))),
+            "{deletion:?}"
+        );
+        // Closing during the outage neither hangs nor fails: nothing acknowledged is pending.
+        s.close().await.expect("close");
+        let after_close = s.commit(batch(vid(31, 0), None, &[])).await;
+        assert!(
+            matches!(after_close, Err(StorageError::Closed)),
+            "{after_close:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_flush_without_fsync_starts_an_outage_that_ends() {
+        let disk = FaultyDisk::default();
+        let options = EmbeddedOptions {
+            fsync: false,
+            ..EmbeddedOptions::default()
+        };
+        let s = disk.open(options).expect("open");
+        disk.fail_syncs(1);
+        // Acknowledged without fsync; the flush a second later fails.
+        commit_ok(&s, batch(vid(1, 1), None, &[(b"k", b"v")])).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.stats().write_failures == 0 {
+            assert!(Instant::now() < deadline, "{:?}", s.stats());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        wait_until_healthy(&s).await;
+        commit_ok(&s, batch(vid(2, 2), None, &[(b"k", b"w")])).await;
+        s.close().await.expect("close");
+        drop(s);
+        let s = disk.open(options).expect("reopen");
         assert_eq!(
-            get_one(&*s, b"k", vid(1, 1)).await.as_deref(),
-            Some(&b"v"[..])
+            get_one(&s, b"k", vid(2, 2)).await.as_deref(),
+            Some(&b"w"[..])
         );
         s.close().await.expect("close");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        assert_eq!(backoff(1), RETRY_BACKOFF_MIN);
+        assert_eq!(backoff(2), RETRY_BACKOFF_MIN * 2);
+        assert_eq!(backoff(4), RETRY_BACKOFF_MIN * 8);
+        assert_eq!(backoff(1000), RETRY_BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX), RETRY_BACKOFF_MAX);
+    }
+
+    #[test]
+    fn the_cache_budget_gives_redb_a_quarter() {
+        let split = |total| {
+            let b = CacheBudget::split(total);
+            assert_eq!(b.page_cache + b.value_cache, total);
+            (b.page_cache, b.value_cache)
+        };
+        assert_eq!(split(256 << 20), (64 << 20, 192 << 20));
+        assert_eq!(split(256 << 20).0, DEFAULT_CACHE_BYTES);
+        assert_eq!(split(8 << 20), (MIN_PAGE_CACHE_BYTES, 4 << 20));
+        assert_eq!(split(1 << 20), (1 << 20, 0));
+        assert_eq!(split(0), (0, 0));
+    }
+
+    /// Bytes read from the disk by a second read of every value, after a first one.
+    async fn bytes_read_by_a_second_pass(cache_bytes: usize) -> u64 {
+        const VALUES: u64 = 32;
+        let disk = FaultyDisk::default();
+        let options = EmbeddedOptions {
+            fsync: true,
+            cache_bytes,
+        };
+        let s = disk.open(options).expect("open");
+        let value = vec![7u8; 256 << 10];
+        let ids: Vec<VersionId> = (1..=VALUES).map(|i| vid(i, u128::from(i))).collect();
+        for id in &ids {
+            commit_ok(&s, batch(*id, None, &[(b"k", &value)])).await;
+        }
+        let read_all = || async {
+            for id in &ids {
+                assert_eq!(
+                    get_one(&s, b"k", *id).await.map(|v| v.len()),
+                    Some(value.len())
+                );
+            }
+        };
+        read_all().await;
+        let before = disk.read_bytes.load(Ordering::Relaxed);
+        read_all().await;
+        let read = disk.read_bytes.load(Ordering::Relaxed) - before;
+        s.close().await.expect("close");
+        read
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_page_cache_holds_cache_bytes_and_no_more() {
+        // 8 MiB of values through a 1 MiB page cache: the second pass misses again.
+        let small = bytes_read_by_a_second_pass(1 << 20).await;
+        assert!(small >= 6 << 20, "{small} bytes read through a 1 MiB cache");
+        // Through a 64 MiB cache it is all served from memory.
+        let large = bytes_read_by_a_second_pass(64 << 20).await;
+        assert!(large < 1 << 20, "{large} bytes read through a 64 MiB cache");
     }
 
     const CRASH_DIR_ENV: &str = "AFT_STORAGE_CRASH_TEST_DIR";

@@ -93,7 +93,16 @@ async fn stored_count(storage: &dyn Storage, versions: &[VersionKey]) -> usize {
 }
 
 fn open_embedded(dir: &Path) -> Arc<EmbeddedStorage> {
-    Arc::new(EmbeddedStorage::open(dir, EmbeddedOptions { fsync: false }).expect("open store"))
+    Arc::new(
+        EmbeddedStorage::open(
+            dir,
+            EmbeddedOptions {
+                fsync: false,
+                ..EmbeddedOptions::default()
+            },
+        )
+        .expect("open store"),
+    )
 }
 
 /// 20 writers overwrite one key each, `rounds` times in all, in four phases, while the

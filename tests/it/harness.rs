@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use aft::config::Config;
 use aft::server::{self, Context};
 use aft::storage::dynamodb::{CredentialSource, DynamoDbOptions, DynamoDbStorage};
-use aft::storage::embedded::{EmbeddedOptions, EmbeddedStorage};
+use aft::storage::embedded::{CacheBudget, EmbeddedOptions, EmbeddedStorage};
 use aft::storage::memory::MemoryStorage;
 use aft::storage::redis::{RedisOptions, RedisStorage};
 use aft::storage::Storage;
@@ -101,18 +101,35 @@ impl TestServer {
         }
     }
 
-    /// A server over the embedded backend in `dir`.
+    /// A server over the embedded backend in `dir`, with the default cache budget shared by
+    /// redb's page cache and the engine's value cache as `aft serve` shares it.
     pub async fn embedded(dir: &Path) -> TestServer {
-        let storage = EmbeddedStorage::open(dir, EmbeddedOptions { fsync: false })
-            .expect("open embedded storage");
-        Self::with_storage(Arc::new(storage), Config::default()).await
+        let engine = EngineConfig::default();
+        let budget = CacheBudget::split(engine.cache_bytes);
+        let options = EmbeddedOptions {
+            fsync: false,
+            cache_bytes: budget.page_cache,
+        };
+        let storage = EmbeddedStorage::open(dir, options).expect("open embedded storage");
+        let engine = EngineConfig {
+            cache_bytes: budget.value_cache,
+            ..engine
+        };
+        Self::with_engine(Arc::new(storage), Config::default(), engine).await
     }
 
     /// A server over any storage.
     pub async fn with_storage(storage: Arc<dyn Storage>, config: Config) -> TestServer {
-        let engine = Engine::open(storage, EngineConfig::default())
-            .await
-            .expect("open engine");
+        Self::with_engine(storage, config, EngineConfig::default()).await
+    }
+
+    /// A server over any storage, with an engine configured by `engine`.
+    pub async fn with_engine(
+        storage: Arc<dyn Storage>,
+        config: Config,
+        engine: EngineConfig,
+    ) -> TestServer {
+        let engine = Engine::open(storage, engine).await.expect("open engine");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let ctx = Context::new(engine, Arc::new(config), addr.to_string());
