@@ -21,7 +21,7 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # Integration-test modules that do not use AFT_TEST_BACKEND (their own backends, or none).
-NOT_ON_BACKEND = --skip crash:: --skip recovery:: --skip redis_backend:: --skip core_props:: --skip gc::
+NOT_ON_BACKEND = --skip crash:: --skip recovery:: --skip redis_backend:: --skip core_props:: --skip gc:: --skip isolation::
 
 ## Unit and integration tests (real sockets, real redis-server for comparisons), then the
 ## integration tests again with aft on DynamoDB (an emulator inside the test process), on

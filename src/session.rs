@@ -1415,6 +1415,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn info_reports_the_oldest_pinned_snapshot() {
+        let ctx = context(Config::default()).await;
+        let mut a = session_on(ctx.clone()).await;
+        let mut b = session_on(ctx.clone()).await;
+        let age = |info: String| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix("aft_oldest_snapshot_age_ms:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("aft_oldest_snapshot_age_ms")
+        };
+        run(&mut a, "SET k 1").await;
+        run(&mut a, "AFT.BEGIN").await;
+        run(&mut a, "GET k").await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(age(run(&mut b, "INFO transactions").await) >= 30);
+        run(&mut a, "AFT.ABORT").await;
+        assert_eq!(age(run(&mut b, "INFO transactions").await), 0);
+    }
+
+    #[tokio::test]
     async fn one_client_cannot_lock_others_out_of_interactive_transactions() {
         let config = Config {
             max_open_txns: 8,

@@ -112,12 +112,18 @@ impl Context {
                     self.config.cache_bytes(),
                 )
             }
-            "persistence" => write!(
-                out,
-                "# Persistence\r\nloading:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\naof_enabled:{}\r\naof_rewrite_in_progress:0\r\naft_recovered_commits:{}\r\n",
-                u8::from(self.persistence().appendonly),
-                get(&stats.recovered_commits),
-            ),
+            "persistence" => {
+                let health = engine.storage_health();
+                write!(
+                    out,
+                    "# Persistence\r\nloading:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\naof_enabled:{}\r\naof_rewrite_in_progress:0\r\naof_last_write_status:{}\r\naft_recovered_commits:{}\r\naft_storage_writable:{}\r\naft_storage_error:{}\r\n",
+                    u8::from(self.persistence().appendonly),
+                    if health.is_ok() { "ok" } else { "err" },
+                    get(&stats.recovered_commits),
+                    u8::from(health.is_ok()),
+                    health.err().unwrap_or_default().replace(['\r', '\n'], " "),
+                )
+            }
             "stats" => write!(
                 out,
                 "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\naft_commits:{}\r\naft_conflicts:{}\r\naft_watch_failures:{}\r\naft_storage_errors:{}\r\naft_storage_reads:{}\r\naft_cache_hits:{}\r\n",

@@ -450,6 +450,18 @@ impl Storage for EmbeddedStorage {
         "embedded"
     }
 
+    fn health(&self) -> Result<(), String> {
+        let health = EmbeddedStorage::health(self);
+        if health.writable || self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(format!(
+            "cannot write for {} ms: {}",
+            health.failing_for.unwrap_or_default().as_millis(),
+            health.error.as_deref().unwrap_or("unknown error")
+        ))
+    }
+
     fn commit(&self, batch: CommitBatch) -> BoxFuture<'_, Result<CommitOutcome, StorageError>> {
         Box::pin(async move {
             self.check_writable()?;
@@ -2002,6 +2014,14 @@ mod tests {
         let health = s.health();
         assert!(!health.writable, "{health:?}");
         assert!(health.failing_for.is_some(), "{health:?}");
+        // What INFO shows: the store says it cannot write, and why.
+        let reported = Storage::health(&s);
+        assert!(
+            reported
+                .as_ref()
+                .is_err_and(|e| e.contains("no space left")),
+            "{reported:?}"
+        );
         let stats = s.stats();
         assert_eq!(stats.refused, 10, "{stats:?}");
         assert!(stats.write_failures >= 1, "{stats:?}");
@@ -2012,6 +2032,7 @@ mod tests {
         wait_until_healthy(&s).await;
         let health = s.health();
         assert!(health.readable && health.error.is_none(), "{health:?}");
+        assert_eq!(Storage::health(&s), Ok(()));
         assert!(s.stats().reopens >= 1);
         for ts in 21..=25 {
             let id = vid(ts, u128::from(ts));

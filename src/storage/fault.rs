@@ -439,6 +439,13 @@ impl Storage for FaultyStorage {
         })
     }
 
+    fn health(&self) -> Result<(), String> {
+        if self.crash.is_crashed() {
+            return Err("injected fault: the process has crashed".into());
+        }
+        self.inner.health()
+    }
+
     fn reclaim_orphans(&self, older_than: Duration) -> BoxFuture<'_, Result<u64, StorageError>> {
         Box::pin(async move {
             self.refuse_if_crashed()?;

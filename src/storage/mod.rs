@@ -224,6 +224,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Flushes what is buffered and releases resources; later calls fail with `Closed`.
     fn close(&self) -> BoxFuture<'_, Result<(), StorageError>>;
 
+    /// Whether the backend takes writes now, as far as it knows without a request:
+    /// `Err(reason)` while it knows it refuses them (a full disk it is waiting out, say), so
+    /// that INFO can show it. The default knows nothing of the kind: `Ok(())`.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Deletes orphan versions: versions written by commits that never got their commit
     /// record and started more than `older_than` ago (commits still in flight must not be
     /// touched). Returns how many versions were deleted. A backend whose commits are atomic

@@ -298,6 +298,11 @@ impl Engine {
         self.storage.name()
     }
 
+    /// The backend's health as it knows it (see [`Storage::health`]).
+    pub fn storage_health(&self) -> Result<(), String> {
+        self.storage.health()
+    }
+
     /// Stops garbage collection (waiting for a round in progress) and the resolution of
     /// unknown outcomes (a restarted node finds them in the store), then flushes and closes
     /// the backend.

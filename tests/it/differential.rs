@@ -349,7 +349,7 @@ const SCRIPTS: &[&[&str]] = &[
         "HELLO abc",
         "HELLO 2 BADOPT",
         "FUNCTION FLUSH",
-        "CONFIG GET appendonly",
+        // (CONFIG GET appendonly describes the backend's durability: tests/it/ops.rs.)
         "CONFIG GET save",
         "CONFIG",
         "CONFIG GET",
