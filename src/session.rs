@@ -50,6 +50,8 @@ pub struct Session {
     lib_name: Option<Bytes>,
     lib_ver: Option<Bytes>,
     authenticated: bool,
+    /// The user the connection is authenticated as (there is one user so far: `default`).
+    user: Bytes,
     watches: Watches,
     multi: Option<Multi>,
     /// The interactive transaction this connection is attached to.
@@ -78,6 +80,7 @@ impl Session {
             lib_name: None,
             lib_ver: None,
             authenticated,
+            user: Bytes::from_static(b"default"),
             watches: ctx.engine.watches(),
             multi: None,
             interactive: None,
@@ -447,7 +450,12 @@ impl Session {
             }
             i += 2;
         }
-        match self.ctx.open_txns.begin(key, timeout, &self.holder).await {
+        match self
+            .ctx
+            .open_txns
+            .begin(key, timeout, &self.holder, &self.user)
+            .await
+        {
             Ok(open) => {
                 let id = open.id();
                 self.interactive = Some(open);
@@ -619,7 +627,7 @@ impl Session {
             Id::AftBegin => self.aft_begin(args).await,
             Id::AftCommit => self.aft_commit().await,
             Id::AftAbort => self.aft_abort().await,
-            Id::AftAttach => match self.ctx.open_txns.attach(&args[1]) {
+            Id::AftAttach => match self.ctx.open_txns.attach(&args[1], &self.user) {
                 Ok(open) => {
                     self.interactive = Some(open);
                     Reply::ok()

@@ -151,6 +151,8 @@ pub struct OpenTxn {
     last_used: Mutex<Instant>,
     /// Connections attached to it now.
     attached: AtomicUsize,
+    /// The user that began it: only connections authenticated as that user may attach.
+    user: Bytes,
     /// The client that began it; released once when it ends.
     holder: Mutex<Option<Arc<Holder>>>,
     slot: tokio::sync::Mutex<Slot>,
@@ -295,6 +297,7 @@ impl OpenTxns {
         idempotency_key: Option<Bytes>,
         timeout: Option<Duration>,
         holder: &Arc<Holder>,
+        user: &Bytes,
     ) -> Result<Arc<OpenTxn>, OpenError> {
         if holder.open() >= self.limits.max_per_client {
             return Err(OpenError::TooManyForClient(self.limits.max_per_client));
@@ -320,6 +323,7 @@ impl OpenTxns {
                 .min(self.limits.max_timeout),
             last_used: Mutex::new(Instant::now()),
             attached: AtomicUsize::new(1),
+            user: user.clone(),
             holder: Mutex::new(Some(holder.clone())),
             slot: tokio::sync::Mutex::new(Slot {
                 txn: Some(txn),
@@ -368,13 +372,18 @@ impl OpenTxns {
         }
     }
 
-    /// The open transaction with this id, for AFT.ATTACH.
-    pub fn attach(&self, txid: &[u8]) -> Result<Arc<OpenTxn>, OpenError> {
+    /// The open transaction with this id, for AFT.ATTACH by a connection authenticated as
+    /// `user`. Another user's transaction is reported as unknown (its existence is not
+    /// revealed).
+    pub fn attach(&self, txid: &[u8], user: &[u8]) -> Result<Arc<OpenTxn>, OpenError> {
         let text = String::from_utf8_lossy(txid).into_owned();
         let Some(id) = parse_txid(txid) else {
             return Err(OpenError::UnknownTxn(text));
         };
         if let Some(open) = self.open.lock().get(&id) {
+            if open.user != user {
+                return Err(OpenError::UnknownTxn(text));
+            }
             open.touch();
             open.attached.fetch_add(1, Ordering::AcqRel);
             return Ok(open.clone());
@@ -547,4 +556,31 @@ pub fn parse_txid(text: &[u8]) -> Option<TxnId> {
     }
     let s = std::str::from_utf8(text).ok()?;
     u128::from_str_radix(s, 16).ok().map(TxnId)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryStorage;
+    use crate::txn::EngineConfig;
+
+    #[tokio::test]
+    async fn only_the_user_that_began_a_transaction_may_attach_to_it() {
+        let engine = Engine::open(Arc::new(MemoryStorage::new()), EngineConfig::default())
+            .await
+            .unwrap();
+        let registry = OpenTxns::start(engine, OpenLimits::default());
+        let alice = Bytes::from_static(b"alice");
+        let open = registry
+            .begin(None, None, &Holder::new(), &alice)
+            .await
+            .unwrap();
+        let id = open.id().to_string();
+        open.detach();
+        assert!(matches!(
+            registry.attach(id.as_bytes(), b"bob"),
+            Err(OpenError::UnknownTxn(_))
+        ));
+        assert!(registry.attach(id.as_bytes(), b"alice").is_ok());
+    }
 }
