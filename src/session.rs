@@ -21,7 +21,7 @@ use crate::cmd::{self, Command, DataCmd, ParseError};
 use crate::reply::{Protocol, Reply};
 use crate::server::Context;
 use crate::storage::StorageError;
-use crate::txn::open::{Holder, OpenTxn, Status};
+use crate::txn::open::{Holder, OpenTxn, Slot, Status};
 use crate::txn::{Txn, TxnError, Watches};
 
 /// The version reported to clients (HELLO, INFO): the Redis version whose behaviour aft
@@ -471,12 +471,8 @@ impl Session {
             return err("ERR AFT.COMMIT without AFT.BEGIN");
         };
         let mut slot = open.lock().await;
-        if slot.txn.is_none() {
-            let word = slot.ended.unwrap_or(Status::Unknown).word();
-            return err(format!(
-                "ERR transaction {} is no longer running ({word})",
-                open.id()
-            ));
+        if let Some(ended) = ended_reply(&open, &slot, "") {
+            return ended;
         }
         match self.ctx.open_txns.commit(&open, &mut slot).await {
             Ok(_) => Reply::ok(),
@@ -491,12 +487,8 @@ impl Session {
             return err("ERR AFT.ABORT without AFT.BEGIN");
         };
         let mut slot = open.lock().await;
-        if slot.txn.is_none() {
-            let word = slot.ended.unwrap_or(Status::Unknown).word();
-            return err(format!(
-                "ERR transaction {} is no longer running ({word}); nothing was aborted",
-                open.id()
-            ));
+        if let Some(ended) = ended_reply(&open, &slot, "; nothing was aborted") {
+            return ended;
         }
         self.ctx.open_txns.abort(&open, &mut slot);
         Reply::ok()
@@ -886,6 +878,19 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.leave_interactive();
     }
+}
+
+/// The error for a command on an interactive transaction that already ended (saying how),
+/// or `None` while it runs.
+fn ended_reply(open: &OpenTxn, slot: &Slot, more: &str) -> Option<Reply> {
+    if slot.txn.is_some() {
+        return None;
+    }
+    let word = slot.ended.unwrap_or(Status::Unknown).word();
+    Some(err(format!(
+        "ERR transaction {} is no longer running ({word}){more}",
+        open.id()
+    )))
 }
 
 /// Runs a data command in `txn`; the reply stands only if the snapshot it read was not

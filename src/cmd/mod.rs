@@ -103,32 +103,12 @@ pub fn parse(args: Vec<Bytes>) -> Result<Command, ParseError> {
     if !spec.arity_ok(args.len()) {
         return Err(ParseError::Arity(spec.name));
     }
-    use table::Id;
-    if !spec.is_data() {
+    let parsed = if spec.id.is_string() {
+        string::StringCmd::parse(spec, args).map(DataCmd::Str)
+    } else if spec.id.is_keyspace() {
+        keyspace::KeyCmd::parse(spec, args).map(DataCmd::Key)
+    } else {
         return Ok(Command::Server(spec.id, args));
-    }
-    let parsed = match spec.id {
-        Id::Get
-        | Id::Set
-        | Id::SetNx
-        | Id::SetEx
-        | Id::PSetEx
-        | Id::GetSet
-        | Id::GetDel
-        | Id::GetEx
-        | Id::MGet
-        | Id::MSet
-        | Id::MSetNx
-        | Id::Append
-        | Id::Strlen
-        | Id::GetRange
-        | Id::SetRange
-        | Id::Incr
-        | Id::Decr
-        | Id::IncrBy
-        | Id::DecrBy
-        | Id::IncrByFloat => string::StringCmd::parse(spec, args).map(DataCmd::Str),
-        _ => keyspace::KeyCmd::parse(spec, args).map(DataCmd::Key),
     };
     Ok(match parsed {
         Ok(cmd) => Command::Data(cmd),

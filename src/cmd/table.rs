@@ -123,6 +123,11 @@ impl CommandSpec {
 impl Id {
     /// See [`CommandSpec::is_data`].
     pub fn is_data(self) -> bool {
+        self.is_string() || self.is_keyspace()
+    }
+
+    /// A string command (`cmd::string`).
+    pub fn is_string(self) -> bool {
         matches!(
             self,
             Id::Get
@@ -145,7 +150,14 @@ impl Id {
                 | Id::IncrBy
                 | Id::DecrBy
                 | Id::IncrByFloat
-                | Id::Del
+        )
+    }
+
+    /// A keyspace command (`cmd::keyspace`).
+    pub fn is_keyspace(self) -> bool {
+        matches!(
+            self,
+            Id::Del
                 | Id::Exists
                 | Id::Type
                 | Id::Expire

@@ -303,6 +303,13 @@ impl FaultyStorage {
     }
 }
 
+/// Takes one from a count of faults still to inject; `false` if none is left.
+fn take_one(count: &AtomicU64) -> bool {
+    count
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
 fn crashed() -> StorageError {
     StorageError::Unavailable("injected fault: the process has crashed".into())
 }
@@ -338,20 +345,13 @@ impl Storage for FaultyStorage {
                     "injected fault: the backend refuses commits".into(),
                 ));
             }
-            let dropped = self
-                .drop_next
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            if dropped {
+            if take_one(&self.drop_next) {
                 self.lost_replies.fetch_add(1, Ordering::Relaxed);
                 return Err(StorageError::OutcomeUnknown(
                     "injected fault: request lost before reaching the backend".into(),
                 ));
             }
-            let lose_forced = self
-                .lose_next
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
+            let lose_forced = take_one(&self.lose_next);
             if u < self.config.fail_before && !lose_forced {
                 self.failed_before.fetch_add(1, Ordering::Relaxed);
                 return Err(StorageError::Unavailable(

@@ -309,24 +309,22 @@ impl Index {
 
     /// The greatest committed version of `key` known, whatever its sequence.
     pub fn latest(&self, key: &[u8]) -> Option<VersionId> {
-        let (pos, shard) = self.locate(key);
-        let shard = shard.read();
-        shard
-            .keys
-            .get(&(pos, key) as &dyn Probe)
-            .and_then(|v| v.last())
-            .map(|v| v.id)
+        self.with_latest(key, |v| v.id)
     }
 
     /// The greatest committed version of `key` known, without its value.
     pub fn latest_meta(&self, key: &[u8]) -> Option<VersionMeta> {
+        self.with_latest(key, VersionMeta::bare)
+    }
+
+    fn with_latest<T>(&self, key: &[u8], f: impl FnOnce(&VersionMeta) -> T) -> Option<T> {
         let (pos, shard) = self.locate(key);
         let shard = shard.read();
         shard
             .keys
             .get(&(pos, key) as &dyn Probe)
             .and_then(|v| v.last())
-            .map(VersionMeta::bare)
+            .map(f)
     }
 
     /// Adds a committed version. Versions that no reader pinned at `min_pin` or later can
