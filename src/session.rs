@@ -1322,7 +1322,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pipelined_group_is_as_if_its_commands_ran_one_by_one() {
-        use crate::storage::fault::{FaultConfig, FaultyStorage};
+        use crate::storage::testkit::fault::{FaultConfig, FaultyStorage};
         let storage = Arc::new(FaultyStorage::new(
             Arc::new(MemoryStorage::new()),
             FaultConfig::new(3),

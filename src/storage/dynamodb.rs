@@ -890,7 +890,7 @@ fn get_num(item: &Item, name: &str) -> Result<Option<u64>, StorageError> {
 }
 
 fn corrupt(message: String) -> StorageError {
-    StorageError::Corrupt(format!("dynamodb: {message}"))
+    StorageError::Corrupt(format!("dynamodb: {message}").into())
 }
 
 /// DynamoDB's size of an item: attribute names plus values.
@@ -1196,7 +1196,7 @@ fn put_action(table: &str, item: Item) -> Result<TransactWriteItem, StorageError
         .table_name(table)
         .set_item(Some(item))
         .build()
-        .map_err(|e| StorageError::Io(format!("dynamodb: {e}")))?;
+        .map_err(|e| StorageError::Io(format!("dynamodb: {e}").into()))?;
     Ok(TransactWriteItem::builder().put(put).build())
 }
 
@@ -1209,7 +1209,7 @@ fn put_new_action(table: &str, item: Item) -> Result<TransactWriteItem, StorageE
         .expression_attribute_names("#pk", PK)
         .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
         .build()
-        .map_err(|e| StorageError::Io(format!("dynamodb: {e}")))?;
+        .map_err(|e| StorageError::Io(format!("dynamodb: {e}").into()))?;
     Ok(TransactWriteItem::builder().put(put).build())
 }
 
@@ -1217,7 +1217,7 @@ fn put_request(item: Item) -> Result<WriteRequest, StorageError> {
     let put = PutRequest::builder()
         .set_item(Some(item))
         .build()
-        .map_err(|e| StorageError::Io(format!("dynamodb: {e}")))?;
+        .map_err(|e| StorageError::Io(format!("dynamodb: {e}").into()))?;
     Ok(WriteRequest::builder().put_request(put).build())
 }
 
@@ -1225,7 +1225,7 @@ fn delete_request(key: Item) -> Result<WriteRequest, StorageError> {
     let delete = DeleteRequest::builder()
         .set_key(Some(key))
         .build()
-        .map_err(|e| StorageError::Io(format!("dynamodb: {e}")))?;
+        .map_err(|e| StorageError::Io(format!("dynamodb: {e}").into()))?;
     Ok(WriteRequest::builder().delete_request(delete).build())
 }
 
@@ -1387,11 +1387,14 @@ impl DynamoDbStorage {
             .flatten();
         match found {
             Some(FORMAT_VERSION) => Ok(()),
-            other => Err(StorageError::Io(format!(
-                "table {} holds aft layout version {other:?}; this build reads version \
+            other => Err(StorageError::Io(
+                format!(
+                    "table {} holds aft layout version {other:?}; this build reads version \
                  {FORMAT_VERSION}",
-                self.table
-            ))),
+                    self.table
+                )
+                .into(),
+            )),
         }
     }
 
@@ -1475,25 +1478,31 @@ impl DynamoDbStorage {
                 CallError::Retry { message, .. } | CallError::Fatal(message) => message.clone(),
                 other => format!("{other:?}"),
             };
-            return StorageError::OutcomeUnknown(format!("dynamodb: {message}"));
+            return StorageError::OutcomeUnknown(format!("dynamodb: {message}").into());
         }
         match failure.last {
-            CallError::Retry { message, .. } => StorageError::Unavailable(format!(
-                "dynamodb: {message} (gave up after {} attempts)",
-                self.max_attempts
-            )),
-            CallError::Fatal(message) => StorageError::Io(format!("dynamodb: {message}")),
+            CallError::Retry { message, .. } => StorageError::Unavailable(
+                format!(
+                    "dynamodb: {message} (gave up after {} attempts)",
+                    self.max_attempts
+                )
+                .into(),
+            ),
+            CallError::Fatal(message) => StorageError::Io(format!("dynamodb: {message}").into()),
             CallError::ConditionFailed(_) => {
                 StorageError::Io("dynamodb: unexpected conditional check failure".into())
             }
-            CallError::Canceled(reasons) => StorageError::Io(format!(
-                "dynamodb: transaction cancelled: {}",
-                reasons
-                    .iter()
-                    .map(|r| r.code.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+            CallError::Canceled(reasons) => StorageError::Io(
+                format!(
+                    "dynamodb: transaction cancelled: {}",
+                    reasons
+                        .iter()
+                        .map(|r| r.code.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+                .into(),
+            ),
         }
     }
 
@@ -1547,11 +1556,14 @@ impl DynamoDbStorage {
                 stalled += 1;
                 if stalled >= self.max_attempts {
                     bump(&self.counters.exhausted, 1);
-                    return Err(StorageError::Unavailable(format!(
-                        "dynamodb: BatchWriteItem left {} items unprocessed after {} attempts",
-                        unprocessed.len(),
-                        self.max_attempts
-                    )));
+                    return Err(StorageError::Unavailable(
+                        format!(
+                            "dynamodb: BatchWriteItem left {} items unprocessed after {} attempts",
+                            unprocessed.len(),
+                            self.max_attempts
+                        )
+                        .into(),
+                    ));
                 }
             } else {
                 stalled = 0;
@@ -1609,11 +1621,14 @@ impl DynamoDbStorage {
                 stalled += 1;
                 if stalled >= self.max_attempts {
                     bump(&self.counters.exhausted, 1);
-                    return Err(StorageError::Unavailable(format!(
-                        "dynamodb: BatchGetItem left {} keys unprocessed after {} attempts",
-                        unprocessed.len(),
-                        self.max_attempts
-                    )));
+                    return Err(StorageError::Unavailable(
+                        format!(
+                            "dynamodb: BatchGetItem left {} keys unprocessed after {} attempts",
+                            unprocessed.len(),
+                            self.max_attempts
+                        )
+                        .into(),
+                    ));
                 }
             }
             bump(&self.counters.retries, 1);
@@ -1875,10 +1890,13 @@ impl DynamoDbStorage {
                 return Ok(CommitOutcome::Committed);
             }
             if failed(marker_at) {
-                return Err(StorageError::Io(format!(
-                    "dynamodb: commit {id:?} was abandoned by orphan clean-up before it \
+                return Err(StorageError::Io(
+                    format!(
+                        "dynamodb: commit {id:?} was abandoned by orphan clean-up before it \
                      completed"
-                )));
+                    )
+                    .into(),
+                ));
             }
             if failed(idempotency_at) {
                 let returned = idempotency_at
@@ -1919,9 +1937,9 @@ impl DynamoDbStorage {
                 true,
             ));
         }
-        Err(StorageError::Unavailable(format!(
-            "dynamodb: commit {id:?}: its idempotency key keeps changing owner"
-        )))
+        Err(StorageError::Unavailable(
+            format!("dynamodb: commit {id:?}: its idempotency key keeps changing owner").into(),
+        ))
     }
 
     /// Pending marker, batches, then one transaction with the record, the idempotency entry
@@ -1992,7 +2010,7 @@ impl DynamoDbStorage {
             .expression_attribute_names("#ab", ABANDONED)
             .expression_attribute_values(":t", AttributeValue::Bool(true))
             .build()
-            .map_err(|e| StorageError::Io(format!("dynamodb: {e}")))?;
+            .map_err(|e| StorageError::Io(format!("dynamodb: {e}").into()))?;
         actions.push(TransactWriteItem::builder().update(done).build());
         let marker_at = actions.len() - 1;
         let outcome = self
@@ -2052,7 +2070,7 @@ impl DynamoDbStorage {
             .expression_attribute_names("#d", DONE)
             .expression_attribute_values(":t", AttributeValue::Bool(true))
             .build()
-            .map_err(|e| StorageError::Io(format!("dynamodb: {e}")))?;
+            .map_err(|e| StorageError::Io(format!("dynamodb: {e}").into()))?;
         match self
             .write_one(TransactWriteItem::builder().update(fence).build())
             .await
@@ -2337,7 +2355,7 @@ impl DynamoDbStorage {
             .expression_attribute_names("#id", ID)
             .expression_attribute_values(":id", bin(id.to_bytes()))
             .build()
-            .map_err(|e| StorageError::Io(format!("dynamodb: {e}")))?;
+            .map_err(|e| StorageError::Io(format!("dynamodb: {e}").into()))?;
         match self
             .write_one(TransactWriteItem::builder().delete(delete).build())
             .await
@@ -2603,10 +2621,13 @@ async fn ensure_table(client: &Client, options: &DynamoDbOptions) -> Result<(), 
             ) =>
         {
             if !options.create_table {
-                return Err(StorageError::Io(format!(
+                return Err(StorageError::Io(
+                    format!(
                     "dynamodb: table {table} does not exist (create it, see the README, or add \
                      create_table=true to the backend URL)"
-                )));
+                )
+                    .into(),
+                ));
             }
             create_table(client, table).await?;
             return Ok(());
@@ -2614,9 +2635,9 @@ async fn ensure_table(client: &Client, options: &DynamoDbOptions) -> Result<(), 
         Err(e) => return Err(setup_error(&format!("DescribeTable {table}"), e)),
     };
     let Some(description) = description else {
-        return Err(StorageError::Io(format!(
-            "dynamodb: DescribeTable {table} returned no table"
-        )));
+        return Err(StorageError::Io(
+            format!("dynamodb: DescribeTable {table} returned no table").into(),
+        ));
     };
     let schema_ok = {
         let keys = description.key_schema();
@@ -2637,10 +2658,13 @@ async fn ensure_table(client: &Client, options: &DynamoDbOptions) -> Result<(), 
             && is_binary(SK)
     };
     if !schema_ok {
-        return Err(StorageError::Io(format!(
-            "dynamodb: table {table} must have partition key pk (binary) and sort key sk \
+        return Err(StorageError::Io(
+            format!(
+                "dynamodb: table {table} must have partition key pk (binary) and sort key sk \
              (binary); see the README"
-        )));
+            )
+            .into(),
+        ));
     }
     if description.table_status() == Some(&TableStatus::Creating) {
         wait_active(client, table).await?;
@@ -2653,7 +2677,8 @@ async fn ensure_table(client: &Client, options: &DynamoDbOptions) -> Result<(), 
 
 async fn create_table(client: &Client, table: &str) -> Result<(), StorageError> {
     use aws_sdk_dynamodb::operation::create_table::CreateTableError;
-    let build = |e: aws_sdk_dynamodb::error::BuildError| StorageError::Io(format!("dynamodb: {e}"));
+    let build =
+        |e: aws_sdk_dynamodb::error::BuildError| StorageError::Io(format!("dynamodb: {e}").into());
     let created = client
         .create_table()
         .table_name(table)
@@ -2715,9 +2740,9 @@ async fn wait_active(client: &Client, table: &str) -> Result<(), StorageError> {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(StorageError::Unavailable(format!(
-                "dynamodb: table {table} did not become ACTIVE within 5 minutes"
-            )));
+            return Err(StorageError::Unavailable(
+                format!("dynamodb: table {table} did not become ACTIVE within 5 minutes").into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -2743,7 +2768,7 @@ async fn enable_ttl(client: &Client, table: &str) -> Result<(), StorageError> {
         .enabled(true)
         .attribute_name(EXPIRES)
         .build()
-        .map_err(|e| StorageError::Io(format!("dynamodb: {e}")))?;
+        .map_err(|e| StorageError::Io(format!("dynamodb: {e}").into()))?;
     client
         .update_time_to_live()
         .table_name(table)
@@ -2760,17 +2785,16 @@ where
 {
     match classify(what, error) {
         CallError::Retry { message, .. } => {
-            StorageError::Unavailable(format!("dynamodb: {message}"))
+            StorageError::Unavailable(format!("dynamodb: {message}").into())
         }
-        CallError::Fatal(message) => StorageError::Io(format!("dynamodb: {message}")),
-        other => StorageError::Io(format!("dynamodb: {what}: {other:?}")),
+        CallError::Fatal(message) => StorageError::Io(format!("dynamodb: {message}").into()),
+        other => StorageError::Io(format!("dynamodb: {what}: {other:?}").into()),
     }
 }
 
 /// The DynamoDB emulator for tests (shared with the integration tests, hence the path).
 #[cfg(test)]
-#[path = "../../tests/it/dynamo_emulator.rs"]
-pub(crate) mod testing;
+pub(crate) use crate::storage::testkit::dynamodb_emulator as testing;
 
 #[cfg(test)]
 mod tests {
@@ -2783,7 +2807,7 @@ mod tests {
 
     use super::testing::Emulator;
     use super::*;
-    use crate::storage::conformance::{self, batch, get_one, plain, scan_all, vid, vkey};
+    use crate::storage::testkit::conformance::{self, batch, get_one, plain, scan_all, vid, vkey};
 
     async fn open(limits: Limits) -> (Arc<DynamoDbStorage>, Emulator) {
         let emulator = Emulator::start().await;
@@ -2807,13 +2831,12 @@ mod tests {
         }
     }
 
-    conformance::conformance_tests!(|| open_blocking(Limits::default()));
+    crate::storage_conformance_tests!(|| open_blocking(Limits::default()));
 
     mod general_path {
         use super::{open_blocking, tiny};
-        use crate::storage::conformance;
 
-        conformance::conformance_tests!(|| open_blocking(tiny()));
+        crate::storage_conformance_tests!(|| open_blocking(tiny()));
     }
 
     // --- a fault-injecting Api --------------------------------------------------------------
@@ -3136,7 +3159,7 @@ mod tests {
         faults.throttle_next.store(u64::MAX, Ordering::SeqCst);
         let result = f.commit(batch(vid(2, 2), None, &[(b"k", b"w")])).await;
         assert!(
-            matches!(&result, Err(StorageError::Unavailable(m)) if m.contains("gave up after 4 attempts")),
+            matches!(&result, Err(StorageError::Unavailable(m)) if m.message().contains("gave up after 4 attempts")),
             "{result:?}"
         );
         let read = f.get_versions(vec![vkey(b"k", vid(1, 1))]).await;
@@ -3318,7 +3341,7 @@ mod tests {
         release.notify_one();
         let result = commit.await.expect("commit task");
         assert!(
-            matches!(&result, Err(StorageError::Io(m)) if m.contains("abandoned")),
+            matches!(&result, Err(StorageError::Io(m)) if m.message().contains("abandoned")),
             "{result:?}"
         );
         assert!(scan_all(&*s).await.is_empty());
@@ -3399,7 +3422,7 @@ mod tests {
             .await
             .expect_err("no table");
         assert!(
-            matches!(&error, StorageError::Io(m) if m.contains("does not exist") && m.contains("create_table=true")),
+            matches!(&error, StorageError::Io(m) if m.message().contains("does not exist") && m.message().contains("create_table=true")),
             "{error}"
         );
         // A table with another key schema.
@@ -3431,7 +3454,7 @@ mod tests {
             .await
             .expect_err("wrong schema");
         assert!(
-            matches!(&error, StorageError::Io(m) if m.contains("partition key pk (binary)")),
+            matches!(&error, StorageError::Io(m) if m.message().contains("partition key pk (binary)")),
             "{error}"
         );
         // An unreachable endpoint: retried, then unavailable.
@@ -3495,7 +3518,7 @@ mod tests {
             .await
             .expect_err("format");
         assert!(
-            matches!(&error, StorageError::Io(m) if m.contains("layout version")),
+            matches!(&error, StorageError::Io(m) if m.message().contains("layout version")),
             "{error}"
         );
     }

@@ -244,7 +244,7 @@ impl EmbeddedStorage {
     /// Blocks: it does file I/O, and after a crash redb repairs the file before it returns.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StorageError::Io(format!("cannot create directory {}: {e}", dir.display()))
+            StorageError::Io(format!("cannot create directory {}: {e}", dir.display()).into())
         })?;
         let path = dir.join(FILE_NAME);
         let file = path.clone();
@@ -282,10 +282,9 @@ impl EmbeddedStorage {
         let cache_bytes = options.cache_bytes;
         let open: Opener = Box::new(move || {
             let backend = backend().map_err(|e| {
-                StorageError::Io(format!(
-                    "cannot open the backend of {}: {e}",
-                    label.display()
-                ))
+                StorageError::Io(
+                    format!("cannot open the backend of {}: {e}", label.display()).into(),
+                )
             })?;
             Database::builder()
                 .set_cache_size(cache_bytes)
@@ -316,7 +315,7 @@ impl EmbeddedStorage {
             .name("aft-storage-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| {
-                StorageError::Io(format!("cannot start the storage writer thread: {e}"))
+                StorageError::Io(format!("cannot start the storage writer thread: {e}").into())
             })?;
         Ok(EmbeddedStorage {
             path,
@@ -430,7 +429,7 @@ impl EmbeddedStorage {
         };
         tokio::task::spawn_blocking(move || read(&db))
             .await
-            .map_err(|e| StorageError::Io(format!("storage read task failed: {e}")))?
+            .map_err(|e| StorageError::Io(format!("storage read task failed: {e}").into()))?
     }
 }
 
@@ -626,25 +625,31 @@ impl Drop for EmbeddedStorage {
 
 fn open_error(path: &Path, error: DatabaseError) -> StorageError {
     match error {
-        DatabaseError::DatabaseAlreadyOpen => StorageError::Unavailable(format!(
-            "{} is already open (by another aft process, or another store in this one); \
+        DatabaseError::DatabaseAlreadyOpen => StorageError::Unavailable(
+            format!(
+                "{} is already open (by another aft process, or another store in this one); \
              an embedded store has a single owner",
-            path.display()
-        )),
-        DatabaseError::UpgradeRequired(version) => StorageError::Io(format!(
-            "{}: redb file format {version} must be upgraded before this build can open it",
-            path.display()
-        )),
+                path.display()
+            )
+            .into(),
+        ),
+        DatabaseError::UpgradeRequired(version) => StorageError::Io(
+            format!(
+                "{}: redb file format {version} must be upgraded before this build can open it",
+                path.display()
+            )
+            .into(),
+        ),
         DatabaseError::Storage(redb::StorageError::Corrupted(message)) => {
-            StorageError::Corrupt(format!("{}: {message}", path.display()))
+            StorageError::Corrupt(format!("{}: {message}", path.display()).into())
         }
         // redb reports a file that is not a database (bad magic number) this way.
         DatabaseError::Storage(redb::StorageError::Io(e))
             if e.kind() == std::io::ErrorKind::InvalidData =>
         {
-            StorageError::Corrupt(format!("{}: {e}", path.display()))
+            StorageError::Corrupt(format!("{}: {e}", path.display()).into())
         }
-        other => StorageError::Io(format!("cannot open {}: {other}", path.display())),
+        other => StorageError::Io(format!("cannot open {}: {other}", path.display()).into()),
     }
 }
 
@@ -664,10 +669,13 @@ fn init_tables(db: &Database, path: &Path) -> Result<(), StorageError> {
             }
             Some(FORMAT_VERSION) => {}
             Some(other) => {
-                return Err(StorageError::Io(format!(
-                    "{} has layout version {other}; this build reads version {FORMAT_VERSION}",
-                    path.display()
-                )))
+                return Err(StorageError::Io(
+                    format!(
+                        "{} has layout version {other}; this build reads version {FORMAT_VERSION}",
+                        path.display()
+                    )
+                    .into(),
+                ))
             }
         }
     }
@@ -682,8 +690,10 @@ trait OrIo<T> {
 impl<T, E: Into<redb::Error>> OrIo<T> for Result<T, E> {
     fn or_io(self, what: &str) -> Result<T, StorageError> {
         self.map_err(|e| match e.into() {
-            redb::Error::Corrupted(message) => StorageError::Corrupt(format!("{what}: {message}")),
-            other => StorageError::Io(format!("{what}: {other}")),
+            redb::Error::Corrupted(message) => {
+                StorageError::Corrupt(format!("{what}: {message}").into())
+            }
+            other => StorageError::Io(format!("{what}: {other}").into()),
         })
     }
 }
@@ -696,7 +706,9 @@ fn version_key(key: &[u8], version: VersionId) -> Result<Vec<u8>, StorageError> 
     let len = u32::try_from(key.len())
         .ok()
         .filter(|_| key.len() <= MAX_RECORD_BYTES)
-        .ok_or_else(|| StorageError::Io(format!("key of {} bytes is too long", key.len())))?;
+        .ok_or_else(|| {
+            StorageError::Io(format!("key of {} bytes is too long", key.len()).into())
+        })?;
     let mut out = Vec::with_capacity(4 + key.len() + VersionId::ENCODED_LEN);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(key);
@@ -721,9 +733,9 @@ fn encode_record(idempotency_key: Option<&[u8]>, body: &[u8]) -> Result<Vec<u8>,
     let key_len = idempotency_key.map_or(0, |k| 4 + k.len());
     let len = 2 + key_len + body.len();
     if len > MAX_RECORD_BYTES {
-        return Err(StorageError::Io(format!(
-            "commit record of {len} bytes is too long"
-        )));
+        return Err(StorageError::Io(
+            format!("commit record of {len} bytes is too long").into(),
+        ));
     }
     let mut out = Vec::with_capacity(len);
     out.push(RECORD_FORMAT);
@@ -773,8 +785,8 @@ fn parse_record(bytes: &[u8]) -> Result<(Option<&[u8]>, &[u8]), String> {
 
 /// Decodes the record stored under `id`.
 fn decode_record(id: VersionId, bytes: &[u8]) -> Result<CommitRecord, StorageError> {
-    let (key, body) =
-        parse_record(bytes).map_err(|e| StorageError::Corrupt(format!("commit {id:?}: {e}")))?;
+    let (key, body) = parse_record(bytes)
+        .map_err(|e| StorageError::Corrupt(format!("commit {id:?}: {e}").into()))?;
     Ok(CommitRecord {
         id,
         idempotency_key: key.map(Bytes::copy_from_slice),
@@ -785,11 +797,14 @@ fn decode_record(id: VersionId, bytes: &[u8]) -> Result<CommitRecord, StorageErr
 /// Decodes a stored version id (`what` names it in the error).
 fn decode_id(bytes: &[u8], what: &str) -> Result<VersionId, StorageError> {
     VersionId::from_bytes(bytes).ok_or_else(|| {
-        StorageError::Corrupt(format!(
-            "{what} has {} bytes, expected {}",
-            bytes.len(),
-            VersionId::ENCODED_LEN
-        ))
+        StorageError::Corrupt(
+            format!(
+                "{what} has {} bytes, expected {}",
+                bytes.len(),
+                VersionId::ENCODED_LEN
+            )
+            .into(),
+        )
     })
 }
 
@@ -811,10 +826,9 @@ impl EncodedCommit {
             .map(|(key, value)| {
                 let key = version_key(&key, record.id)?;
                 if key.len() + value.len() > MAX_RECORD_BYTES {
-                    return Err(StorageError::Io(format!(
-                        "version of {} bytes is too long",
-                        key.len() + value.len()
-                    )));
+                    return Err(StorageError::Io(
+                        format!("version of {} bytes is too long", key.len() + value.len()).into(),
+                    ));
                 }
                 Ok((key, value))
             })
@@ -919,18 +933,24 @@ impl Shared {
 
     /// The answer to a request refused during an outage: nothing was written.
     fn unwritable(&self) -> StorageError {
-        StorageError::Unavailable(format!(
-            "the embedded store cannot write ({}); it is retrying in the background",
-            self.outage_error()
-        ))
+        StorageError::Unavailable(
+            format!(
+                "the embedded store cannot write ({}); it is retrying in the background",
+                self.outage_error()
+            )
+            .into(),
+        )
     }
 
     /// The answer to a read while the database is being reopened.
     fn unreadable(&self) -> StorageError {
-        StorageError::Unavailable(format!(
-            "the embedded store is reopening its file after a write failure ({})",
-            self.outage_error()
-        ))
+        StorageError::Unavailable(
+            format!(
+                "the embedded store is reopening its file after a write failure ({})",
+                self.outage_error()
+            )
+            .into(),
+        )
     }
 }
 
@@ -1184,7 +1204,7 @@ impl Writer {
         let txn = db.begin_write().or_io("begin flush")?;
         // A new write transaction is durable (`Durability::Immediate`) unless told otherwise.
         txn.commit()
-            .map_err(|e| StorageError::Io(format!("flush: {e}")))?;
+            .map_err(|e| StorageError::Io(format!("flush: {e}").into()))?;
         self.unflushed_since = None;
         Ok(())
     }
@@ -1357,7 +1377,7 @@ fn apply_group(
         }
     };
     txn.commit().map_err(|e| {
-        StorageError::OutcomeUnknown(format!("commit of the write transaction: {e}"))
+        StorageError::OutcomeUnknown(format!("commit of the write transaction: {e}").into())
     })?;
     Ok(results)
 }
@@ -1416,7 +1436,11 @@ impl Tables<'_, '_> {
                 None => continue,
                 Some(record) => match parse_record(record.value()) {
                     Ok((key, _)) => key.map(<[u8]>::to_vec),
-                    Err(e) => return Ok(Err(StorageError::Corrupt(format!("commit {id:?}: {e}")))),
+                    Err(e) => {
+                        return Ok(Err(StorageError::Corrupt(
+                            format!("commit {id:?}: {e}").into(),
+                        )))
+                    }
                 },
             };
             owned_keys.push((id_bytes, key));
@@ -1452,8 +1476,8 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
-    use crate::storage::conformance::{
-        self, batch, commit_ok, get_one, plain, scan_all, vid, vkey,
+    use crate::storage::testkit::conformance::{
+        batch, commit_ok, get_one, plain, scan_all, vid, vkey,
     };
 
     fn open_temp(fsync: bool) -> (Arc<EmbeddedStorage>, TempDir) {
@@ -1474,13 +1498,12 @@ mod tests {
         EmbeddedStorage::open(dir.path(), options).expect("reopen")
     }
 
-    conformance::conformance_tests!(|| open_temp(true));
+    crate::storage_conformance_tests!(|| open_temp(true));
 
     mod without_fsync {
         use super::open_temp;
-        use crate::storage::conformance;
 
-        conformance::conformance_tests!(|| open_temp(false));
+        crate::storage_conformance_tests!(|| open_temp(false));
     }
 
     /// Commits a few records (one later deleted) and returns what should remain.
@@ -1578,8 +1601,8 @@ mod tests {
         let second = EmbeddedStorage::open(dir.path(), EmbeddedOptions::default());
         match second {
             Err(StorageError::Unavailable(message)) => {
-                assert!(message.contains("already open"), "{message}");
-                assert!(message.contains(FILE_NAME), "{message}");
+                assert!(message.message().contains("already open"), "{message}");
+                assert!(message.message().contains(FILE_NAME), "{message}");
             }
             other => panic!("expected Unavailable, got {other:?}"),
         }
@@ -1674,7 +1697,7 @@ mod tests {
         let result = EmbeddedStorage::open(dir.path(), EmbeddedOptions::default());
         match result {
             Err(StorageError::Corrupt(message)) => {
-                assert!(message.contains(FILE_NAME), "{message}");
+                assert!(message.message().contains(FILE_NAME), "{message}");
             }
             other => panic!("expected Corrupt, got {other:?}"),
         }
@@ -2004,7 +2027,7 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(1), "a refusal waited");
             match result {
                 Err(StorageError::Unavailable(message)) => {
-                    assert!(message.contains("no space left"), "{message}");
+                    assert!(message.message().contains("no space left"), "{message}");
                 }
                 other => panic!("a commit while the disk is full: {other:?}"),
             }

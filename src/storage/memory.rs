@@ -184,7 +184,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::MemoryStorage;
-    use crate::storage::conformance;
 
-    conformance::conformance_tests!(|| (Arc::new(MemoryStorage::new()), ()));
+    crate::storage_conformance_tests!(|| (Arc::new(MemoryStorage::new()), ()));
 }

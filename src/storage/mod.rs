@@ -44,14 +44,17 @@
 //!
 //! Keys and values are arbitrary bytes. Backends encode, never split, user keys.
 
-#[cfg(test)]
-pub(crate) mod conformance;
 pub mod dynamodb;
 pub mod embedded;
-pub mod fault;
+mod error;
 pub mod memory;
+pub mod record;
 pub mod redis;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 mod url;
+
+pub use error::{Failure, StorageError};
 
 use std::fmt;
 use std::future::Future;
@@ -157,33 +160,6 @@ pub enum CommitOutcome {
     /// A commit record with the same idempotency key already exists (its id is given); no
     /// commit record was created for this batch. Its versions may remain as orphans.
     Duplicate(VersionId),
-}
-
-/// Errors of every backend, mapped into one enum. Each says whether the caller may retry.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StorageError {
-    /// The backend could not be reached or refused the request; nothing was committed.
-    #[error("backend unavailable: {0}")]
-    Unavailable(String),
-    /// The backend failed while serving the request; nothing was committed.
-    #[error("backend I/O error: {0}")]
-    Io(String),
-    /// A commit may or may not have been applied (e.g. a timeout after sending it).
-    #[error("commit outcome unknown: {0}")]
-    OutcomeUnknown(String),
-    /// Stored data could not be decoded.
-    #[error("corrupt data in backend: {0}")]
-    Corrupt(String),
-    /// The backend was closed.
-    #[error("backend is closed")]
-    Closed,
-}
-
-impl StorageError {
-    /// Whether the same request may be sent again.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, StorageError::Unavailable(_))
-    }
 }
 
 /// The storage contract. See the module documentation for the guarantees each method gives.

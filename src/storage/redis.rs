@@ -106,6 +106,9 @@ use super::{
     VersionKey,
 };
 
+/// The name errors carry.
+const BACKEND: &str = "redis";
+
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "aft:";
 /// Default reply timeout.
@@ -405,8 +408,9 @@ impl Layout {
 
     /// `P v{h} ‖ u32 BE length ‖ key ‖ id`.
     fn version(&self, key: &[u8], id: VersionId) -> Result<Bytes, StorageError> {
-        let len = u32::try_from(key.len())
-            .map_err(|_| StorageError::Io(format!("key of {} bytes is too long", key.len())))?;
+        let len = u32::try_from(key.len()).map_err(|_| {
+            StorageError::Io(format!("key of {} bytes is too long", key.len()).into())
+        })?;
         let mut out =
             Vec::with_capacity(self.prefix.len() + 20 + 4 + key.len() + VersionId::ENCODED_LEN);
         out.extend_from_slice(&self.prefix);
@@ -466,7 +470,8 @@ fn encode_record(record: &CommitRecord) -> Result<Bytes, StorageError> {
 
 /// Decodes [`encode_record`]; `bytes` is sliced, not copied.
 fn decode_record(id: VersionId, bytes: Bytes) -> Result<CommitRecord, StorageError> {
-    let corrupt = |what: &str| StorageError::Corrupt(format!("commit record {id:?}: {what}"));
+    let corrupt =
+        |what: &str| StorageError::Corrupt(format!("commit record {id:?}: {what}").into());
     let (format, flags) = match bytes.get(..2) {
         Some([format, flags]) => (*format, *flags),
         _ => return Err(corrupt("truncated")),
@@ -505,8 +510,9 @@ fn decode_record(id: VersionId, bytes: Bytes) -> Result<CommitRecord, StorageErr
 fn encode_key_list(keys: &[Bytes]) -> Result<Bytes, StorageError> {
     let mut out = Vec::with_capacity(keys.iter().map(|k| 4 + k.len()).sum());
     for key in keys {
-        let len = u32::try_from(key.len())
-            .map_err(|_| StorageError::Io(format!("key of {} bytes is too long", key.len())))?;
+        let len = u32::try_from(key.len()).map_err(|_| {
+            StorageError::Io(format!("key of {} bytes is too long", key.len()).into())
+        })?;
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(key);
     }
@@ -535,11 +541,14 @@ fn decode_key_list(bytes: &Bytes) -> Result<Vec<Bytes>, StorageError> {
 
 fn decode_id(bytes: &[u8], what: &str) -> Result<VersionId, StorageError> {
     VersionId::from_bytes(bytes).ok_or_else(|| {
-        StorageError::Corrupt(format!(
-            "{what} has {} bytes, expected {}",
-            bytes.len(),
-            VersionId::ENCODED_LEN
-        ))
+        StorageError::Corrupt(
+            format!(
+                "{what} has {} bytes, expected {}",
+                bytes.len(),
+                VersionId::ENCODED_LEN
+            )
+            .into(),
+        )
     })
 }
 
@@ -719,17 +728,19 @@ impl Failure {
     fn plain(self) -> StorageError {
         match self {
             Failure::NotSent(m) | Failure::Lost(m) | Failure::Refused(m) => {
-                StorageError::Unavailable(m)
+                StorageError::Unavailable(super::Failure::new(BACKEND, m))
             }
-            Failure::Server(m) => StorageError::Io(m),
-            Failure::Corrupt(m) => StorageError::Corrupt(m),
+            Failure::Server(m) => StorageError::Io(super::Failure::new(BACKEND, m)),
+            Failure::Corrupt(m) => StorageError::Corrupt(super::Failure::new(BACKEND, m)),
         }
     }
 
     /// For the request that creates a commit record: a lost reply leaves the outcome unknown.
     fn deciding(self) -> StorageError {
         match self {
-            Failure::Lost(m) | Failure::Corrupt(m) => StorageError::OutcomeUnknown(m),
+            Failure::Lost(m) | Failure::Corrupt(m) => {
+                StorageError::OutcomeUnknown(super::Failure::new(BACKEND, m))
+            }
             other => other.plain(),
         }
     }
@@ -907,8 +918,9 @@ impl RedisStorage {
     /// Must be called inside a Tokio runtime (the connections run as tasks on it).
     pub async fn connect(options: &RedisOptions) -> Result<RedisStorage, StorageError> {
         let servers = options.to_string();
-        let config_error =
-            |e: FredError| StorageError::Unavailable(format!("cannot configure {servers}: {e}"));
+        let config_error = |e: FredError| {
+            StorageError::Unavailable(format!("cannot configure {servers}: {e}").into())
+        };
         let server = match &options.topology {
             Topology::Standalone { host, port } => {
                 ServerConfig::new_centralized(host.as_str(), *port)
@@ -994,10 +1006,9 @@ impl RedisStorage {
                 }
                 storage.closed.store(true, Ordering::Release);
                 storage.shutdown().await;
-                Err(StorageError::Unavailable(format!(
-                    "cannot connect to {}: {why}",
-                    storage.servers
-                )))
+                Err(StorageError::Unavailable(
+                    format!("cannot connect to {}: {why}", storage.servers).into(),
+                ))
             }
         }
     }
@@ -1280,10 +1291,13 @@ impl RedisStorage {
                 }
                 Ok(CommitOutcome::Duplicate(existing))
             }
-            Committed::MarkerGone => Err(StorageError::Io(format!(
-                "commit {id:?} took longer than the orphan grace period and was reclaimed; \
+            Committed::MarkerGone => Err(StorageError::Io(
+                format!(
+                    "commit {id:?} took longer than the orphan grace period and was reclaimed; \
                  nothing was committed"
-            ))),
+                )
+                .into(),
+            )),
         }
     }
 
@@ -1311,11 +1325,14 @@ impl RedisStorage {
         for (indexes, reply) in groups.values().zip(replies) {
             let values = frame_array(reply.map_err(Failure::plain)?).map_err(Failure::plain)?;
             if values.len() != indexes.len() {
-                return Err(StorageError::Corrupt(format!(
-                    "MGET of {} keys returned {} values",
-                    indexes.len(),
-                    values.len()
-                )));
+                return Err(StorageError::Corrupt(
+                    format!(
+                        "MGET of {} keys returned {} values",
+                        indexes.len(),
+                        values.len()
+                    )
+                    .into(),
+                ));
             }
             for (i, value) in indexes.iter().zip(values) {
                 out[positions[*i]] = frame_bytes(value).map_err(Failure::plain)?;
@@ -1357,9 +1374,9 @@ impl RedisStorage {
                 let record = frame_bytes(record)
                     .map_err(Failure::plain)?
                     .ok_or_else(|| {
-                        StorageError::Corrupt(format!(
-                            "the commit log lists {id:?} but its record is missing"
-                        ))
+                        StorageError::Corrupt(
+                            format!("the commit log lists {id:?} but its record is missing").into(),
+                        )
                     })?;
                 records.push(decode_record(id, record)?);
                 after = Some(id);
@@ -1583,8 +1600,7 @@ impl Drop for RedisStorage {
 
 /// Redis servers for tests (shared with the integration tests, hence the path).
 #[cfg(test)]
-#[path = "../../tests/it/redis_process.rs"]
-pub(crate) mod testing;
+pub(crate) use crate::storage::testkit::redis_server as testing;
 
 #[cfg(test)]
 mod tests {
@@ -1593,7 +1609,7 @@ mod tests {
 
     use super::testing::{shared_cluster, unique_prefix, RedisCluster, RedisServer};
     use super::*;
-    use crate::storage::conformance::{self, batch, commit_ok, get_one, scan_all, vid, vkey};
+    use crate::storage::testkit::conformance::{batch, commit_ok, get_one, scan_all, vid, vkey};
 
     /// Connects, blocking (the conformance factories are synchronous).
     fn connect_blocking(url: &str) -> Arc<RedisStorage> {
@@ -1624,12 +1640,12 @@ mod tests {
 
     mod standalone {
         use super::*;
-        conformance::conformance_tests!(standalone);
+        crate::storage_conformance_tests!(standalone);
     }
 
     mod cluster {
         use super::*;
-        conformance::conformance_tests!(cluster);
+        crate::storage_conformance_tests!(cluster);
     }
 
     #[test]
@@ -1889,7 +1905,9 @@ mod tests {
         let mut refused = 0;
         for i in 0..10 {
             match s.commit(batch(vid(2, i), None, &[(b"k", b"2")])).await {
-                Err(StorageError::Unavailable(m)) if m.contains("not connected") => refused += 1,
+                Err(StorageError::Unavailable(m)) if m.message().contains("not connected") => {
+                    refused += 1
+                }
                 Err(StorageError::Unavailable(_)) | Err(StorageError::OutcomeUnknown(_)) => {}
                 other => panic!("expected a failure, got {other:?}"),
             }

@@ -483,7 +483,7 @@ impl Engine {
                     Unresolved {
                         pending,
                         keys,
-                        first_error: message.clone(),
+                        first_error: message.to_string(),
                     },
                 );
                 Err(TxnError::Storage(StorageError::OutcomeUnknown(message)))
@@ -771,10 +771,9 @@ impl Txn {
             let Some(value) = value else {
                 // Collected under a revoked snapshot; otherwise a committed version must exist.
                 self.check_snapshot()?;
-                return Err(StorageError::Corrupt(format!(
-                    "committed version {:?} of a key is missing",
-                    vk.version
-                ))
+                return Err(StorageError::Corrupt(
+                    format!("committed version {:?} of a key is missing", vk.version).into(),
+                )
                 .into());
             };
             self.engine.index.cache_value(&vk.key, vk.version, &value);

@@ -122,7 +122,7 @@ pub fn encode_body(writes: &[WriteMeta]) -> Bytes {
 
 /// Decodes a commit record body; keys are zero-copy slices of `body`.
 pub fn decode_body(body: &Bytes) -> Result<Vec<WriteMeta>, StorageError> {
-    let corrupt = |what: &str| StorageError::Corrupt(format!("commit record body: {what}"));
+    let corrupt = |what: &str| StorageError::Corrupt(format!("commit record body: {what}").into());
     let b = &body[..];
     if b.first() != Some(&FORMAT) {
         return Err(corrupt("unknown format"));

@@ -1,8 +1,8 @@
 //! Unit tests of the engine: watches, unknown outcomes, FLUSHALL, revoked snapshots, ids.
 
 use super::*;
-use crate::storage::fault::{FaultConfig, FaultyStorage};
 use crate::storage::memory::MemoryStorage;
+use crate::storage::testkit::fault::{FaultConfig, FaultyStorage};
 
 fn config() -> EngineConfig {
     EngineConfig {

@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aft::storage::fault::{FaultConfig, FaultyStorage};
 use aft::storage::memory::MemoryStorage;
+use aft::storage::testkit::fault::{FaultConfig, FaultyStorage};
 use aft::storage::{
     CommitBatch, CommitOutcome, CommitRecord, Storage, StorageError, TxnId, VersionId, VersionKey,
 };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aft::config::Config;
 use aft::server::{self, Context};
-use aft::storage::dynamodb::{CredentialSource, DynamoDbOptions, DynamoDbStorage};
+use aft::storage::dynamodb::DynamoDbStorage;
 use aft::storage::embedded::{CacheBudget, EmbeddedOptions, EmbeddedStorage};
 use aft::storage::memory::MemoryStorage;
 use aft::storage::redis::{RedisOptions, RedisStorage};
@@ -20,13 +20,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use crate::redis_process::RedisServer;
-use crate::redis_process::{shared_cluster, unique_prefix, RedisCluster};
-
-/// The DynamoDB emulator (shared with the backend's unit tests, hence the path).
-#[path = "dynamo_emulator.rs"]
-mod dynamo_emulator;
-pub use dynamo_emulator::Emulator;
+pub use aft::storage::testkit::dynamodb_emulator::Emulator;
+pub use aft::storage::testkit::redis_server::RedisServer;
+use aft::storage::testkit::redis_server::{shared_cluster, unique_prefix, RedisCluster};
 
 /// A server running inside the test process.
 pub struct TestServer {

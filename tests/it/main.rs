@@ -15,5 +15,4 @@ mod isolation;
 mod ops;
 mod recovery;
 mod redis_backend;
-mod redis_process;
 mod wire;

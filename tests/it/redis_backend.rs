@@ -385,7 +385,7 @@ async fn each_commit_is_one_evalsha_on_standalone_redis() {
 fn stall(port: u16, secs: &str) -> std::thread::JoinHandle<()> {
     let secs = secs.to_string();
     let handle = std::thread::spawn(move || {
-        crate::redis_process::cli(port, &["debug", "sleep", &secs]);
+        aft::storage::testkit::redis_server::cli(port, &["debug", "sleep", &secs]);
     });
     // Let the command reach Redis before the caller sends its own.
     std::thread::sleep(Duration::from_millis(150));

@@ -1,10 +1,7 @@
 //! Redis servers for tests, started on free loopback ports and killed when dropped (also
 //! when a test panics): one `redis-server`, or a Redis Cluster of three masters.
 //!
-//! Used by the integration tests and, through a `#[path]` module, by the Redis backend's
-//! unit tests; it needs nothing but the standard library and `tempfile`.
-
-#![allow(dead_code)]
+//! Used by the Redis backend's unit tests and by the integration tests.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,6 +12,7 @@ use std::time::{Duration, Instant};
 /// One `redis-server`, in its own temporary directory.
 pub struct RedisServer {
     child: Option<Child>,
+    /// The loopback port it listens on.
     pub port: u16,
     args: Vec<String>,
     dir: tempfile::TempDir,
@@ -51,6 +49,7 @@ impl RedisServer {
         ])
     }
 
+    /// A server started with extra `redis-server` arguments.
     pub fn with_args(args: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = RedisServer {
@@ -128,6 +127,7 @@ impl Drop for RedisServer {
     }
 }
 
+/// Runs `redis-cli` against the server on `port`; its standard output.
 pub fn cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
@@ -153,10 +153,12 @@ fn ping(port: u16) -> bool {
 
 /// A Redis Cluster of three masters, no replicas.
 pub struct RedisCluster {
+    /// Its masters.
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// Starts three servers and joins them into a cluster.
     pub fn start() -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {

@@ -35,7 +35,7 @@ use tokio::sync::Semaphore;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{
+use crate::storage::{
     BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Storage, StorageError, VersionId,
     VersionKey,
 };
@@ -492,8 +492,8 @@ mod tests {
     use bytes::Bytes;
 
     use super::{FaultConfig, FaultStats, FaultyStorage, XorShift64};
-    use crate::storage::conformance::{self, batch, get_one, plain, scan_all, vid, vkey};
     use crate::storage::memory::MemoryStorage;
+    use crate::storage::testkit::conformance::{self, batch, get_one, plain, scan_all, vid, vkey};
     use crate::storage::{CommitOutcome, Storage, StorageError};
 
     fn faulty(config: FaultConfig) -> Arc<FaultyStorage> {
@@ -501,7 +501,7 @@ mod tests {
     }
 
     // With no faults configured the wrapper is transparent: it passes the whole suite.
-    conformance::conformance_tests!(|| (faulty(FaultConfig::new(7)), ()));
+    crate::storage_conformance_tests!(|| (faulty(FaultConfig::new(7)), ()));
 
     #[tokio::test]
     async fn fail_before_leaves_nothing() {

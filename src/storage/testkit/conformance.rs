@@ -2,10 +2,10 @@
 //! runs.
 //!
 //! Each check is an async function taking a fresh, empty store. A backend runs them all with
-//! [`conformance_tests!`], which expands to one `#[tokio::test]` per check:
+//! [`storage_conformance_tests!`](crate::storage_conformance_tests), which expands to one `#[tokio::test]` per check:
 //!
 //! ```ignore
-//! crate::storage::conformance::conformance_tests!(|| (Arc::new(MemoryStorage::new()), ()));
+//! aft::storage_conformance_tests!(|| (Arc::new(MemoryStorage::new()), ()));
 //! ```
 //!
 //! The factory returns the store and a guard kept alive for the duration of the test (a
@@ -20,15 +20,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{
+use crate::storage::{
     CommitBatch, CommitOutcome, CommitRecord, Storage, StorageError, TxnId, VersionId, VersionKey,
 };
 
 /// Expands to one `#[tokio::test]` per check of the suite, each on a store made by `$factory`,
 /// a closure returning `(Arc<impl Storage>, guard)`.
-macro_rules! conformance_tests {
+#[macro_export]
+macro_rules! storage_conformance_tests {
     ($factory:expr) => {
-        $crate::storage::conformance::conformance_tests!(@tests $factory;
+        $crate::storage_conformance_tests!(@tests $factory;
             commit_then_read,
             missing_versions_are_none,
             keys_and_ids_never_collide,
@@ -39,6 +40,7 @@ macro_rules! conformance_tests {
             idempotency_race,
             delete_is_complete_and_idempotent,
             many_concurrent_commits,
+            reclaiming_orphans_spares_commits,
             close_then_closed,
         );
     };
@@ -48,15 +50,14 @@ macro_rules! conformance_tests {
             async fn $check() {
                 let (storage, _guard) = ($factory)();
                 let storage: ::std::sync::Arc<dyn $crate::storage::Storage> = storage;
-                $crate::storage::conformance::$check(storage).await;
+                $crate::storage::testkit::conformance::$check(storage).await;
             }
         )*
     };
 }
-pub(crate) use conformance_tests;
 
 /// A version id from a timestamp and a transaction number.
-pub(crate) fn vid(ts: u64, txn: u128) -> VersionId {
+pub fn vid(ts: u64, txn: u128) -> VersionId {
     VersionId {
         ts,
         txn: TxnId(txn),
@@ -64,7 +65,7 @@ pub(crate) fn vid(ts: u64, txn: u128) -> VersionId {
 }
 
 /// A batch committing `versions` at `id`, with a body naming the id.
-pub(crate) fn batch(
+pub fn batch(
     id: VersionId,
     idempotency_key: Option<&[u8]>,
     versions: &[(&[u8], &[u8])],
@@ -83,7 +84,7 @@ pub(crate) fn batch(
 }
 
 /// Names a version.
-pub(crate) fn vkey(key: &[u8], version: VersionId) -> VersionKey {
+pub fn vkey(key: &[u8], version: VersionId) -> VersionKey {
     VersionKey {
         key: Bytes::copy_from_slice(key),
         version,
@@ -91,18 +92,14 @@ pub(crate) fn vkey(key: &[u8], version: VersionId) -> VersionKey {
 }
 
 /// Commits and asserts the batch was committed.
-pub(crate) async fn commit_ok(storage: &dyn Storage, batch: CommitBatch) {
+pub async fn commit_ok(storage: &dyn Storage, batch: CommitBatch) {
     let id = batch.record.id;
     let outcome = plain(storage.commit(batch).await);
     assert_eq!(outcome, Ok(CommitOutcome::Committed), "commit of {id:?}");
 }
 
 /// Reads one version.
-pub(crate) async fn get_one(
-    storage: &dyn Storage,
-    key: &[u8],
-    version: VersionId,
-) -> Option<Bytes> {
+pub async fn get_one(storage: &dyn Storage, key: &[u8], version: VersionId) -> Option<Bytes> {
     let mut values = storage
         .get_versions(vec![vkey(key, version)])
         .await
@@ -112,7 +109,7 @@ pub(crate) async fn get_one(
 }
 
 /// Every commit record, paging through `scan_commits`.
-pub(crate) async fn scan_all(storage: &dyn Storage) -> Vec<CommitRecord> {
+pub async fn scan_all(storage: &dyn Storage) -> Vec<CommitRecord> {
     let mut all = Vec::new();
     let mut after = None;
     loop {
@@ -127,13 +124,13 @@ pub(crate) async fn scan_all(storage: &dyn Storage) -> Vec<CommitRecord> {
 
 /// A result with its error as text, to compare in assertions (`StorageError` holds strings
 /// and is not `PartialEq`).
-pub(crate) fn plain<T>(result: Result<T, StorageError>) -> Result<T, String> {
+pub fn plain<T>(result: Result<T, StorageError>) -> Result<T, String> {
     result.map_err(|e| e.to_string())
 }
 
 /// Asserts that `result` is `Err(StorageError::Closed)`.
 #[track_caller]
-pub(crate) fn assert_closed<T: std::fmt::Debug>(result: Result<T, StorageError>) {
+pub fn assert_closed<T: std::fmt::Debug>(result: Result<T, StorageError>) {
     assert!(
         matches!(result, Err(StorageError::Closed)),
         "expected Closed, got {result:?}"
@@ -142,7 +139,7 @@ pub(crate) fn assert_closed<T: std::fmt::Debug>(result: Result<T, StorageError>)
 
 /// Every version of a commit reads back, in request order, one entry per request, including
 /// repeated requests; a commit with no versions is a valid commit.
-pub(crate) async fn commit_then_read(storage: Arc<dyn Storage>) {
+pub async fn commit_then_read(storage: Arc<dyn Storage>) {
     let s = &*storage;
     let id = vid(10, 1);
     commit_ok(
@@ -182,7 +179,7 @@ pub(crate) async fn commit_then_read(storage: Arc<dyn Storage>) {
 
 /// A version that was never written reads as `None`: on an empty store, for an unknown key,
 /// for a known key at another id and for a known id under another key.
-pub(crate) async fn missing_versions_are_none(storage: Arc<dyn Storage>) {
+pub async fn missing_versions_are_none(storage: Arc<dyn Storage>) {
     let s = &*storage;
     assert_eq!(get_one(s, b"k", vid(1, 1)).await, None);
     commit_ok(s, batch(vid(5, 5), None, &[(b"k", b"v")])).await;
@@ -215,7 +212,7 @@ pub(crate) async fn missing_versions_are_none(storage: Arc<dyn Storage>) {
 
 /// Keys that are prefixes of each other, the empty key, binary keys and keys that look like
 /// an encoded length or id never share storage, nor do ids that differ in one field.
-pub(crate) async fn keys_and_ids_never_collide(storage: Arc<dyn Storage>) {
+pub async fn keys_and_ids_never_collide(storage: Arc<dyn Storage>) {
     let s = &*storage;
     let id_bytes = vid(1, 2).to_bytes();
     let mut keys: Vec<Vec<u8>> = vec![
@@ -273,7 +270,7 @@ pub(crate) async fn keys_and_ids_never_collide(storage: Arc<dyn Storage>) {
 }
 
 /// Values (and bodies) of 1 MiB round-trip byte for byte, as do keys of 64 KiB.
-pub(crate) async fn large_values(storage: Arc<dyn Storage>) {
+pub async fn large_values(storage: Arc<dyn Storage>) {
     let s = &*storage;
     let big: Vec<u8> = (0..1024 * 1024)
         .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
@@ -296,7 +293,7 @@ pub(crate) async fn large_values(storage: Arc<dyn Storage>) {
 
 /// `scan_commits` lists records in increasing id order whatever the commit order, pages with
 /// `after` (exclusive, need not exist) and `limit`, and returns records intact.
-pub(crate) async fn scan_order_and_pagination(storage: Arc<dyn Storage>) {
+pub async fn scan_order_and_pagination(storage: Arc<dyn Storage>) {
     let s = &*storage;
     let mut ids = Vec::new();
     // Ids committed out of order, including equal timestamps and the extremes.
@@ -381,7 +378,7 @@ pub(crate) async fn scan_order_and_pagination(storage: Arc<dyn Storage>) {
 /// versions; `find_idempotent` names the first. Commits without a key never collide.
 /// A batch sent again (to settle an unknown outcome) reports the commit once applied,
 /// leaves one record, and commits a batch whose first attempt never arrived.
-pub(crate) async fn a_commit_sent_again_is_idempotent(storage: Arc<dyn Storage>) {
+pub async fn a_commit_sent_again_is_idempotent(storage: Arc<dyn Storage>) {
     let s = &*storage;
     let plain_id = vid(10, 1);
     let keyed_id = vid(20, 2);
@@ -415,7 +412,35 @@ pub(crate) async fn a_commit_sent_again_is_idempotent(storage: Arc<dyn Storage>)
     assert_eq!(scan_all(s).await.len(), 2);
 }
 
-pub(crate) async fn idempotent_commit(storage: Arc<dyn Storage>) {
+/// Orphan reclamation, even with no grace at all, never touches what a commit record
+/// references: every committed version and record is still there afterwards.
+pub async fn reclaiming_orphans_spares_commits(storage: Arc<dyn Storage>) {
+    let s = &*storage;
+    let ids: Vec<VersionId> = (1..=5u64).map(|i| vid(100 + i, u128::from(i))).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let value = format!("v{i}");
+        commit_ok(
+            s,
+            batch(*id, None, &[(b"k", value.as_bytes()), (b"j", b"x")]),
+        )
+        .await;
+    }
+    s.reclaim_orphans(std::time::Duration::ZERO)
+        .await
+        .expect("reclaim_orphans");
+    for (i, id) in ids.iter().enumerate() {
+        let value = format!("v{i}");
+        assert_eq!(
+            get_one(s, b"k", *id).await.as_deref(),
+            Some(value.as_bytes())
+        );
+        assert_eq!(get_one(s, b"j", *id).await, Some(Bytes::from_static(b"x")));
+    }
+    assert_eq!(scan_all(s).await.len(), ids.len());
+}
+
+/// A commit whose idempotency key another commit holds is a duplicate and writes nothing.
+pub async fn idempotent_commit(storage: Arc<dyn Storage>) {
     let s = &*storage;
     let first = vid(10, 1);
     let second = vid(20, 2);
@@ -459,7 +484,7 @@ pub(crate) async fn idempotent_commit(storage: Arc<dyn Storage>) {
 
 /// Concurrent commits racing on one idempotency key: exactly one is `Committed`, the others are
 /// duplicates of it, and only its versions exist.
-pub(crate) async fn idempotency_race(storage: Arc<dyn Storage>) {
+pub async fn idempotency_race(storage: Arc<dyn Storage>) {
     const RACERS: u128 = 16;
     for round in 0..10u64 {
         let key = format!("race-{round}");
@@ -504,7 +529,7 @@ async fn s_find(storage: &dyn Storage, key: &str) -> Option<VersionId> {
 
 /// `delete` removes exactly the named versions and commit records (with their idempotency
 /// entries, so the key may be used again), and deleting what does not exist is not an error.
-pub(crate) async fn delete_is_complete_and_idempotent(storage: Arc<dyn Storage>) {
+pub async fn delete_is_complete_and_idempotent(storage: Arc<dyn Storage>) {
     let s = &*storage;
     let a = vid(1, 1);
     let b = vid(2, 2);
@@ -552,7 +577,7 @@ pub(crate) async fn delete_is_complete_and_idempotent(storage: Arc<dyn Storage>)
 }
 
 /// 200 concurrent commits all succeed and are all readable, record and versions.
-pub(crate) async fn many_concurrent_commits(storage: Arc<dyn Storage>) {
+pub async fn many_concurrent_commits(storage: Arc<dyn Storage>) {
     const TASKS: u64 = 200;
     let tasks: Vec<_> = (0..TASKS)
         .map(|i| {
@@ -601,7 +626,7 @@ pub(crate) async fn many_concurrent_commits(storage: Arc<dyn Storage>) {
 }
 
 /// After `close` every call fails with `Closed`; `close` itself is idempotent.
-pub(crate) async fn close_then_closed(storage: Arc<dyn Storage>) {
+pub async fn close_then_closed(storage: Arc<dyn Storage>) {
     let s = &*storage;
     assert!(!s.name().is_empty());
     commit_ok(s, batch(vid(1, 1), Some(b"i"), &[(b"k", b"v")])).await;

@@ -1,13 +1,10 @@
-//! A DynamoDB emulator for tests, used by the integration tests (through `harness.rs`) and,
-//! through a `#[path]` module, by the DynamoDB backend's unit tests: both parents provide
-//! `DynamoDbOptions` and `CredentialSource`.
-
-#![allow(dead_code)]
+//! A DynamoDB emulator for tests (dynoxide, in memory), used by the DynamoDB backend's unit
+//! tests and by the integration tests.
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use super::{CredentialSource, DynamoDbOptions};
+use crate::storage::dynamodb::{CredentialSource, DynamoDbOptions};
 
 /// A DynamoDB emulator (dynoxide, in memory) serving on a loopback port from inside the test
 /// process, on the runtime that started it; stopped on drop.
