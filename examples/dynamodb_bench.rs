@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aft::config::Config;
-use aft::server::{self, Context};
+use aft::node::Node;
+use aft::server;
 use aft::storage::dynamodb::{sdk_client, CredentialSource, DynamoDbOptions, DynamoDbStorage};
 use aft::txn::{Engine, EngineConfig};
 use aws_sdk_dynamodb::primitives::Blob;
@@ -218,7 +219,7 @@ async fn main() {
         .expect("engine");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind aft");
     let aft_addr = listener.local_addr().expect("aft address");
-    let ctx = Context::new(engine, Arc::new(Config::default()), aft_addr.to_string());
+    let ctx = Node::new(engine, Arc::new(Config::default()), aft_addr.to_string());
     tokio::spawn(server::run(listener, ctx, std::future::pending()));
 
     // Direct calls: the same SDK client configuration the backend uses (no SDK retries).

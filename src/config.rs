@@ -4,102 +4,237 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::storage::dynamodb::DynamoDbOptions;
 use crate::storage::redis::RedisOptions;
+use crate::txn::open::OpenLimits;
+use crate::txn::EngineConfig;
 
-/// Everything that can be configured. Field names are the TOML keys.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Address to accept RESP clients on.
-    pub listen: String,
-    /// Storage backend: `embedded` (on disk, the default), `memory` (nothing survives a
-    /// restart; for tests and experiments), `dynamodb://TABLE?region=R[&endpoint=URL]
-    /// [&create_table=true]` (see [`DynamoDbOptions::from_url`] for every option), or a Redis
-    /// URL: `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS),
-    /// `redis-cluster://host:port[,host:port…]` (Redis Cluster; the other nodes are
-    /// discovered), with `?prefix=…&timeout_ms=…&pool=…&idempotency_ttl=…` (see
-    /// [`RedisOptions::parse`]).
-    pub backend: String,
-    /// Directory of the embedded backend's data.
-    pub data_dir: PathBuf,
-    /// Password clients must give with AUTH or HELLO (user `default`), if any.
-    pub requirepass: Option<String>,
-    /// Whether the embedded backend fsyncs each group commit before acknowledging it.
-    /// Turning this off trades durability on power loss for speed.
-    pub fsync: bool,
-    /// Memory for caches, in MiB (0 to [`MAX_CACHE_MB`]): the engine's cached values and,
-    /// with the embedded backend, redb's page cache too (a quarter of it; see
-    /// [`CacheBudget`](crate::storage::embedded::CacheBudget)).
-    pub cache_mb: usize,
-    /// Largest bulk string a client may send, in bytes (Redis's proto-max-bulk-len).
-    pub max_bulk_len: usize,
-    /// Most elements a request may have.
-    pub max_multibulk_len: usize,
-    /// Longest inline command, in bytes.
-    pub max_inline_len: usize,
-    /// Most clients connected at once (1 to [`MAX_CLIENTS`]); more are refused with an
-    /// error. At start the open-file limit is raised to fit them if it can be, and this is
-    /// lowered to what the limit allows if it cannot (see
-    /// [`crate::server::process::fit_max_clients`]).
-    pub max_clients: usize,
-    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive such as
-    /// `aft=debug,info`). A filter that does not parse is a configuration error.
-    pub log: String,
-    /// Idle time, in ms, after which an open interactive transaction is aborted, unless
-    /// AFT.BEGIN gives a TIMEOUT.
-    pub txn_timeout_ms: u64,
-    /// The longest TIMEOUT AFT.BEGIN may ask for, in ms.
-    pub max_txn_timeout_ms: u64,
-    /// Most interactive transactions open at once.
-    pub max_open_txns: usize,
-    /// Most open interactive transactions one client (connection) may have begun.
-    pub max_open_txns_per_client: usize,
-    /// The longest, in ms, a transaction's snapshot may hold garbage collection back; an
-    /// older snapshot is revoked and its transaction gets "snapshot too old" (0: no limit).
-    pub max_snapshot_age_ms: u64,
-    /// Most bytes of writes one interactive transaction may buffer.
-    pub max_txn_bytes: usize,
-    /// Most bytes of writes all open interactive transactions may buffer together.
-    pub max_open_txn_bytes: usize,
-    /// How long a retry is recognised by its idempotency key, in seconds (at least a day by
-    /// default; DynamoDB's own client tokens last 10 minutes).
-    pub idempotency_retention_secs: u64,
-    /// How often garbage collection runs, in ms.
-    pub gc_interval_ms: u64,
-    /// How long the commit record of a transaction without idempotency key is kept after
-    /// its versions are collected, in seconds (AFT.STATUS txid answers `committed` meanwhile).
-    pub status_retention_secs: u64,
+/// Declares every configuration key once: its type, its default, its environment variable
+/// and its documentation. From this one list come the [`Config`] struct (TOML keys),
+/// `Default`, the command-line flags ([`ConfigFlags`]: `--key-name`, each with its `AFT_*`
+/// variable and the same documentation as help) and the list of keys ([`Config::KEYS`]).
+macro_rules! config_keys {
+    ($( $(#[$doc:meta])* $key:ident : $ty:ty = $default:expr, env $env:literal; )*) => {
+        /// Everything that can be configured. Field names are the TOML keys; each has a
+        /// flag (`--key-name`) and an environment variable (`AFT_KEY_NAME`) of `aft serve`.
+        #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Config {
+            $( $(#[$doc])* pub $key: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config { $( $key: $default, )* }
+            }
+        }
+
+        /// Command-line flags and environment variables of `aft serve`: one per key of
+        /// [`Config`], each overriding the config file.
+        #[derive(clap::Args, Clone, Debug, Default)]
+        pub struct ConfigFlags {
+            $( $(#[$doc])* #[arg(long, env = $env)] pub $key: Option<<$ty as Flag>::Value>, )*
+        }
+
+        impl ConfigFlags {
+            /// Sets every key given on the command line or in the environment.
+            pub fn apply(self, config: &mut Config) {
+                $( if let Some(v) = self.$key { config.$key = <$ty as Flag>::set(v); } )*
+            }
+        }
+
+        impl Config {
+            /// Every key, in declaration order.
+            pub const KEYS: &'static [&'static str] = &[$( stringify!($key), )*];
+
+            /// `(key, its environment variable, its default as `--help` shows it)`.
+            pub fn defaults() -> Vec<(&'static str, &'static str, String)> {
+                let d = Config::default();
+                vec![$( (stringify!($key), $env, Flag::shown(&d.$key)), )*]
+            }
+        }
+    };
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: "127.0.0.1:7379".into(),
-            backend: "embedded".into(),
-            data_dir: PathBuf::from("./data"),
-            requirepass: None,
-            fsync: true,
-            cache_mb: 256,
-            max_bulk_len: 512 * 1024 * 1024,
-            max_multibulk_len: 1024 * 1024,
-            max_inline_len: 64 * 1024,
-            max_clients: 10_000,
-            log: "info".into(),
-            txn_timeout_ms: 30_000,
-            max_txn_timeout_ms: 3_600_000,
-            max_open_txns: 10_000,
-            max_open_txns_per_client: 1_000,
-            max_snapshot_age_ms: 60_000,
-            max_txn_bytes: 64 << 20,
-            max_open_txn_bytes: 1 << 30,
-            idempotency_retention_secs: 86_400,
-            gc_interval_ms: 1_000,
-            status_retention_secs: 60,
+/// How a configuration value is given on the command line and shown in `--help`.
+pub trait Flag {
+    /// What the flag parses into.
+    type Value: Clone + Send + Sync + std::str::FromStr + 'static;
+    /// The value a flag sets.
+    fn set(value: Self::Value) -> Self;
+    /// The value as `--help` shows it.
+    fn shown(&self) -> String;
+}
+
+macro_rules! plain_flag {
+    ($($ty:ty),*) => {$(
+        impl Flag for $ty {
+            type Value = $ty;
+            fn set(value: $ty) -> $ty {
+                value
+            }
+            fn shown(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+plain_flag!(String, bool, usize, u64);
+
+impl Flag for PathBuf {
+    type Value = PathBuf;
+    fn set(value: PathBuf) -> PathBuf {
+        value
+    }
+    fn shown(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+impl Flag for Option<Secret> {
+    type Value = Secret;
+    fn set(value: Secret) -> Self {
+        Some(value)
+    }
+    fn shown(&self) -> String {
+        match self {
+            None => "none".into(),
+            Some(_) => "***".into(),
         }
     }
+}
+
+/// A value that must not be printed: `Debug` and `--help` show `***`.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+}
+
+/// Default of [`Config::listen`].
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7379";
+/// Default of [`Config::backend`].
+pub const DEFAULT_BACKEND: &str = "embedded";
+/// Default of [`Config::data_dir`].
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Default of [`Config::cache_mb`].
+pub const DEFAULT_CACHE_MB: usize = 256;
+/// Default of [`Config::max_bulk_len`] (Redis's `proto-max-bulk-len`).
+pub const DEFAULT_MAX_BULK_LEN: usize = 512 << 20;
+/// Default of [`Config::max_multibulk_len`].
+pub const DEFAULT_MAX_MULTIBULK_LEN: usize = 1 << 20;
+/// Default of [`Config::max_inline_len`].
+pub const DEFAULT_MAX_INLINE_LEN: usize = 64 << 10;
+/// Default of [`Config::max_clients`] (Redis's `maxclients`).
+pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
+/// Default of [`Config::log`].
+pub const DEFAULT_LOG: &str = "info";
+/// Default of [`Config::txn_timeout_ms`].
+pub const DEFAULT_TXN_TIMEOUT_MS: u64 = 30_000;
+/// Default of [`Config::max_txn_timeout_ms`].
+pub const DEFAULT_MAX_TXN_TIMEOUT_MS: u64 = 3_600_000;
+/// Default of [`Config::max_open_txns`].
+pub const DEFAULT_MAX_OPEN_TXNS: usize = 10_000;
+/// Default of [`Config::max_open_txns_per_client`].
+pub const DEFAULT_MAX_OPEN_TXNS_PER_CLIENT: usize = 1_000;
+/// Default of [`Config::max_snapshot_age_ms`].
+pub const DEFAULT_MAX_SNAPSHOT_AGE_MS: u64 = 60_000;
+/// Default of [`Config::max_txn_bytes`].
+pub const DEFAULT_MAX_TXN_BYTES: usize = 64 << 20;
+/// Default of [`Config::max_open_txn_bytes`].
+pub const DEFAULT_MAX_OPEN_TXN_BYTES: usize = 1 << 30;
+/// Default of [`Config::idempotency_retention_secs`] (a day).
+pub const DEFAULT_IDEMPOTENCY_RETENTION_SECS: u64 = 86_400;
+/// Default of [`Config::gc_interval_ms`].
+pub const DEFAULT_GC_INTERVAL_MS: u64 = 1_000;
+/// Default of [`Config::status_retention_secs`].
+pub const DEFAULT_STATUS_RETENTION_SECS: u64 = 60;
+/// How long an idempotency entry outlives the retention it serves, in every backend: the
+/// entry's TTL is `idempotency_retention_secs` plus this.
+pub const IDEMPOTENCY_TTL_MARGIN: Duration = Duration::from_secs(3_600);
+
+config_keys! {
+    /// Address to accept RESP clients on (HOST:PORT; port 0 picks a free one).
+    listen: String = DEFAULT_LISTEN.into(), env "AFT_LISTEN";
+    /// Storage backend: `embedded` (on disk), `memory` (nothing survives a restart; for
+    /// tests and experiments), `dynamodb://TABLE?region=R[&endpoint=URL][&create_table=true]`
+    /// (see `DynamoDbOptions::from_url`), or `redis://[user:pass@]host:port[/db]`,
+    /// `rediss://…` (TLS), `redis-cluster://host:port[,host:port…]` with
+    /// `?prefix=…&timeout_ms=…&pool=…&idempotency_ttl=…` (see `RedisOptions::parse`).
+    backend: String = DEFAULT_BACKEND.into(), env "AFT_BACKEND";
+    /// Directory of the embedded backend's data.
+    data_dir: PathBuf = PathBuf::from(DEFAULT_DATA_DIR), env "AFT_DATA_DIR";
+    /// Password clients must give with AUTH or HELLO (user `default`), if any.
+    requirepass: Option<Secret> = None, env "AFT_REQUIREPASS";
+    /// Whether the embedded backend fsyncs each group commit before acknowledging it;
+    /// off trades durability on power loss for speed (like `appendfsync everysec`).
+    fsync: bool = true, env "AFT_FSYNC";
+    /// Memory for caches, in MiB (0 to 1073741824): the engine's cached values and, with
+    /// the embedded backend, redb's page cache too (a quarter of it).
+    cache_mb: usize = DEFAULT_CACHE_MB, env "AFT_CACHE_MB";
+    /// Largest bulk string a client may send, and largest value APPEND and SETRANGE may
+    /// make, in bytes (Redis's proto-max-bulk-len).
+    max_bulk_len: usize = DEFAULT_MAX_BULK_LEN, env "AFT_MAX_BULK_LEN";
+    /// Most elements a request may have.
+    max_multibulk_len: usize = DEFAULT_MAX_MULTIBULK_LEN, env "AFT_MAX_MULTIBULK_LEN";
+    /// Longest inline command, in bytes.
+    max_inline_len: usize = DEFAULT_MAX_INLINE_LEN, env "AFT_MAX_INLINE_LEN";
+    /// Most clients connected at once (1 to 1073741824); more are refused with an error. At
+    /// start the open-file limit is raised to fit them if it can be, and this is lowered to
+    /// what the limit allows if it cannot.
+    max_clients: usize = DEFAULT_MAX_CLIENTS, env "AFT_MAX_CLIENTS";
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or directives such as
+    /// `aft=debug,info`); a filter that does not parse stops the start.
+    log: String = DEFAULT_LOG.into(), env "AFT_LOG";
+    /// Idle time, in ms, after which an open interactive transaction is aborted, unless
+    /// AFT.BEGIN gives a TIMEOUT.
+    txn_timeout_ms: u64 = DEFAULT_TXN_TIMEOUT_MS, env "AFT_TXN_TIMEOUT_MS";
+    /// The longest TIMEOUT AFT.BEGIN may ask for, in ms.
+    max_txn_timeout_ms: u64 = DEFAULT_MAX_TXN_TIMEOUT_MS, env "AFT_MAX_TXN_TIMEOUT_MS";
+    /// Most interactive transactions open at once.
+    max_open_txns: usize = DEFAULT_MAX_OPEN_TXNS, env "AFT_MAX_OPEN_TXNS";
+    /// Most open interactive transactions one client (connection) may have begun.
+    max_open_txns_per_client: usize = DEFAULT_MAX_OPEN_TXNS_PER_CLIENT, env "AFT_MAX_OPEN_TXNS_PER_CLIENT";
+    /// The longest, in ms, a transaction's snapshot may hold garbage collection back; an
+    /// older snapshot is revoked and its transaction gets "snapshot too old" (0: no limit).
+    max_snapshot_age_ms: u64 = DEFAULT_MAX_SNAPSHOT_AGE_MS, env "AFT_MAX_SNAPSHOT_AGE_MS";
+    /// Most bytes of writes one interactive transaction may buffer.
+    max_txn_bytes: usize = DEFAULT_MAX_TXN_BYTES, env "AFT_MAX_TXN_BYTES";
+    /// Most bytes of writes all open interactive transactions may buffer together.
+    max_open_txn_bytes: usize = DEFAULT_MAX_OPEN_TXN_BYTES, env "AFT_MAX_OPEN_TXN_BYTES";
+    /// How long a retry is recognised by its idempotency key, in seconds.
+    idempotency_retention_secs: u64 = DEFAULT_IDEMPOTENCY_RETENTION_SECS, env "AFT_IDEMPOTENCY_RETENTION_SECS";
+    /// How often garbage collection runs, in ms.
+    gc_interval_ms: u64 = DEFAULT_GC_INTERVAL_MS, env "AFT_GC_INTERVAL_MS";
+    /// How long the commit record of a transaction without idempotency key is kept after
+    /// its versions are collected, in seconds (AFT.STATUS txid answers `committed` meanwhile).
+    status_retention_secs: u64 = DEFAULT_STATUS_RETENTION_SECS, env "AFT_STATUS_RETENTION_SECS";
 }
 
 /// Largest [`Config::max_clients`].
@@ -147,8 +282,7 @@ pub enum BackendKind {
     Memory,
     /// A DynamoDB table.
     DynamoDb(DynamoDbOptions),
-    /// A Redis server or Redis Cluster. Unless the URL sets `idempotency_ttl`, it is
-    /// `idempotency_retention_secs` plus an hour.
+    /// A Redis server or Redis Cluster.
     Redis(RedisOptions),
 }
 
@@ -222,6 +356,13 @@ impl Config {
         Ok(())
     }
 
+    /// How long a backend keeps an idempotency entry after its commit, whatever the
+    /// backend: the retention plus [`IDEMPOTENCY_TTL_MARGIN`] (a Redis URL may set its own
+    /// `idempotency_ttl`).
+    pub fn idempotency_ttl(&self) -> Duration {
+        Duration::from_secs(self.idempotency_retention_secs).saturating_add(IDEMPOTENCY_TTL_MARGIN)
+    }
+
     /// The value cache's budget in bytes: `cache_mb` MiB (saturating; [`Config::validate`]
     /// keeps it far below overflow).
     pub fn cache_bytes(&self) -> usize {
@@ -234,16 +375,17 @@ impl Config {
         match self.backend.as_str() {
             "embedded" => Ok(BackendKind::Embedded),
             "memory" => Ok(BackendKind::Memory),
-            url if url.starts_with("dynamodb://") => DynamoDbOptions::from_url(url)
-                .map(BackendKind::DynamoDb)
-                .map_err(|e| ConfigError::Invalid(format!("backend {url}: {e}"))),
+            url if url.starts_with("dynamodb://") => {
+                let mut options = DynamoDbOptions::from_url(url)
+                    .map_err(|e| ConfigError::Invalid(format!("backend {url}: {e}")))?;
+                options.idempotency_ttl = self.idempotency_ttl();
+                Ok(BackendKind::DynamoDb(options))
+            }
             url if RedisOptions::is_redis_url(url) => {
                 let mut options = RedisOptions::parse(url)
                     .map_err(|e| ConfigError::Invalid(format!("invalid Redis backend URL: {e}")))?;
                 if options.idempotency_ttl.is_none() {
-                    options.idempotency_ttl = Some(Duration::from_secs(
-                        self.idempotency_retention_secs.saturating_add(3_600),
-                    ));
+                    options.idempotency_ttl = Some(self.idempotency_ttl());
                 }
                 Ok(BackendKind::Redis(options))
             }
@@ -252,6 +394,34 @@ impl Config {
                  'dynamodb://TABLE?…', or a redis://, rediss://, redis-cluster:// or \
                  rediss-cluster:// URL)"
             ))),
+        }
+    }
+}
+
+impl From<&Config> for EngineConfig {
+    /// The engine's settings; the whole cache budget goes to values (the node gives the
+    /// embedded store's page cache its share).
+    fn from(c: &Config) -> Self {
+        EngineConfig {
+            cache_bytes: c.cache_bytes(),
+            gc_interval: Duration::from_millis(c.gc_interval_ms),
+            idempotency_retention: Duration::from_secs(c.idempotency_retention_secs),
+            status_retention: Duration::from_secs(c.status_retention_secs),
+            max_snapshot_age: Duration::from_millis(c.max_snapshot_age_ms),
+            max_value_len: c.max_bulk_len,
+        }
+    }
+}
+
+impl From<&Config> for OpenLimits {
+    fn from(c: &Config) -> Self {
+        OpenLimits {
+            default_timeout: Duration::from_millis(c.txn_timeout_ms),
+            max_timeout: Duration::from_millis(c.max_txn_timeout_ms.max(c.txn_timeout_ms)),
+            max_open: c.max_open_txns,
+            max_txn_bytes: c.max_txn_bytes,
+            max_total_bytes: c.max_open_txn_bytes,
+            max_per_client: c.max_open_txns_per_client,
         }
     }
 }

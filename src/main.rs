@@ -1,22 +1,13 @@
-//! The `aft` command line: `aft serve` runs the proxy.
+//! The `aft` command line: `aft serve` runs the proxy, `aft check` checks a RESP endpoint.
+//! Everything else lives in the library.
 
-use std::future::Future;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
-use tokio::net::TcpListener;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use aft::config::{BackendKind, Config};
-use aft::server::{self, process, Context};
-use aft::storage::dynamodb::DynamoDbStorage;
-use aft::storage::embedded::{CacheBudget, EmbeddedOptions, EmbeddedStorage};
-use aft::storage::memory::MemoryStorage;
-use aft::storage::redis::RedisStorage;
-use aft::storage::Storage;
-use aft::txn::{Engine, EngineConfig};
+use aft::config::{Config, ConfigFlags};
 
 #[derive(Parser)]
 #[command(
@@ -32,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Drive concurrent transactions against a RESP server and report anomalies
     /// (fractured reads, read-your-writes, dirty reads, lost writes). Exit status: 0 no
     /// anomaly, 1 anomalies found, 2 usage or connection error.
@@ -89,38 +80,14 @@ struct CheckArgs {
     json: bool,
 }
 
-/// Flags override the config file; each has an environment variable too.
+/// `aft serve`: a config file, then flags and environment variables over it.
 #[derive(Args)]
 struct ServeArgs {
-    /// TOML config file (see conf/aft.toml).
+    /// TOML config file (see conf/aft.toml, which lists every key).
     #[arg(long, env = "AFT_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on, HOST:PORT (port 0 picks a free one).
-    #[arg(long, env = "AFT_LISTEN")]
-    listen: Option<String>,
-    /// Storage backend: embedded | memory | dynamodb://TABLE?region=R[&endpoint=URL][&create_table=true]
-    /// | redis://[user:pass@]host:port[/db] | rediss://… | redis-cluster://host:port[,host:port…]
-    /// (Redis options: ?prefix=…&timeout_ms=…&pool=…&idempotency_ttl=…).
-    #[arg(long, env = "AFT_BACKEND")]
-    backend: Option<String>,
-    /// Data directory of the embedded backend.
-    #[arg(long, env = "AFT_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Require this password (AUTH / HELLO AUTH default <password>).
-    #[arg(long, env = "AFT_REQUIREPASS")]
-    requirepass: Option<String>,
-    /// fsync each group commit before acknowledging it (true | false).
-    #[arg(long, env = "AFT_FSYNC")]
-    fsync: Option<bool>,
-    /// Memory for cached values, in MiB.
-    #[arg(long, env = "AFT_CACHE_MB")]
-    cache_mb: Option<usize>,
-    /// Most clients connected at once (lowered at start if the open-file limit is too low).
-    #[arg(long, env = "AFT_MAX_CLIENTS")]
-    max_clients: Option<usize>,
-    /// Log filter (error | warn | info | debug | trace, or directives: aft=debug,info).
-    #[arg(long, env = "AFT_LOG")]
-    log: Option<String>,
+    #[command(flatten)]
+    flags: ConfigFlags,
 }
 
 impl ServeArgs {
@@ -129,37 +96,31 @@ impl ServeArgs {
             Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
             None => Config::default(),
         };
-        if let Some(v) = self.listen {
-            config.listen = v;
-        }
-        if let Some(v) = self.backend {
-            config.backend = v;
-        }
-        if let Some(v) = self.data_dir {
-            config.data_dir = v;
-        }
-        if let Some(v) = self.requirepass {
-            config.requirepass = Some(v);
-        }
-        if let Some(v) = self.fsync {
-            config.fsync = v;
-        }
-        if let Some(v) = self.cache_mb {
-            config.cache_mb = v;
-        }
-        if let Some(v) = self.max_clients {
-            config.max_clients = v;
-        }
-        if let Some(v) = self.log {
-            config.log = v;
-        }
+        self.flags.apply(&mut config);
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }
 }
 
+/// The command line, with each `serve` flag's help ending in its default (defaults are
+/// named once, in `aft::config`).
+fn command_line() -> clap::Command {
+    Cli::command().mut_subcommand("serve", |mut serve| {
+        for (key, _, default) in Config::defaults() {
+            serve = serve.mut_arg(key, |arg| {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                arg.help(format!("{help} [default: {default}]"))
+            });
+        }
+        serve
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command_line().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Check(args) => check(args),
         Command::Serve(args) => {
@@ -184,7 +145,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config)) {
+            match runtime.block_on(aft::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -279,123 +240,4 @@ fn init_logging(filter: &str) -> Result<(), String> {
         .with_ansi(colour)
         .try_init()
         .map_err(|e| format!("cannot start logging: {e}"))
-}
-
-async fn serve(mut config: Config) -> Result<(), String> {
-    ignore_hangups()?;
-    // Before the backend opens its files and connections, so that they count too.
-    config.max_clients = process::fit_max_clients(config.max_clients)?.max_clients;
-    // `cache_mb` bounds every cache: the engine's values, and redb's pages when embedded.
-    let mut value_cache_bytes = config.cache_bytes();
-    let storage: Arc<dyn Storage> = match config.backend_kind().map_err(|e| e.to_string())? {
-        BackendKind::Embedded => {
-            let budget = CacheBudget::split(value_cache_bytes);
-            value_cache_bytes = budget.value_cache;
-            Arc::new(
-                EmbeddedStorage::open(
-                    &config.data_dir,
-                    EmbeddedOptions {
-                        fsync: config.fsync,
-                        cache_bytes: budget.page_cache,
-                    },
-                )
-                .map_err(|e| format!("cannot open the embedded backend: {e}"))?,
-            )
-        }
-        BackendKind::Memory => Arc::new(MemoryStorage::new()),
-        BackendKind::DynamoDb(mut options) => {
-            // The TTL of idempotency entries is a backstop: well past the retention.
-            options.idempotency_ttl = std::time::Duration::from_secs(
-                config.idempotency_retention_secs.saturating_add(7 * 86_400),
-            );
-            let table = options.table.clone();
-            Arc::new(
-                DynamoDbStorage::connect(options)
-                    .await
-                    .map_err(|e| format!("cannot open DynamoDB table {table}: {e}"))?,
-            )
-        }
-        BackendKind::Redis(options) => Arc::new(
-            RedisStorage::connect(&options)
-                .await
-                .map_err(|e| format!("cannot open the Redis backend: {e}"))?,
-        ),
-    };
-    let engine = Engine::open(
-        storage,
-        EngineConfig {
-            cache_bytes: value_cache_bytes,
-            gc_interval: std::time::Duration::from_millis(config.gc_interval_ms),
-            idempotency_retention: std::time::Duration::from_secs(
-                config.idempotency_retention_secs,
-            ),
-            status_retention: std::time::Duration::from_secs(config.status_retention_secs),
-            max_snapshot_age: std::time::Duration::from_millis(config.max_snapshot_age_ms),
-        },
-    )
-    .await
-    .map_err(|e| format!("cannot recover the commit set: {e}"))?;
-    // Registered before listening: from the first client on, SIGTERM is graceful.
-    let shutdown = shutdown_signal()?;
-    let listener = TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| config.listen.clone());
-    let backend = engine.storage_name();
-    let recovered = engine
-        .stats()
-        .recovered_commits
-        .load(std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(%addr, backend, recovered, "aft ready: listening on {addr}");
-    let ctx = Context::new(engine, Arc::new(config), addr);
-    server::run(listener, ctx, shutdown).await;
-    Ok(())
-}
-
-/// Logs and otherwise ignores SIGHUP, as Redis does: a closed terminal or a
-/// `systemctl reload` must not stop the server.
-#[cfg(unix)]
-fn ignore_hangups() -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups =
-        signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            tracing::info!("received SIGHUP: ignored (SIGTERM or SHUTDOWN stops aft)");
-        }
-    });
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn ignore_hangups() -> Result<(), String> {
-    Ok(())
-}
-
-/// A future that completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed
-/// now, so a signal that arrives before the future is first polled is not lost.
-#[cfg(unix)]
-fn shutdown_signal() -> Result<impl Future<Output = ()>, String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt =
-        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
-    let mut terminate =
-        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => tracing::info!("received SIGINT"),
-            _ = terminate.recv() => tracing::info!("received SIGTERM"),
-        }
-    })
-}
-
-/// A future that completes on Ctrl-C.
-#[cfg(not(unix))]
-fn shutdown_signal() -> Result<impl Future<Output = ()>, String> {
-    Ok(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
 }

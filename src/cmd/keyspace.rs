@@ -19,7 +19,7 @@ use bytes::Bytes;
 use super::string::take;
 use super::table::{CommandSpec, Id};
 use super::util::{err, glob_match, int_arg, SYNTAX};
-use crate::reply::Reply;
+use crate::resp::Reply;
 use crate::txn::{Txn, TxnError};
 
 /// EXPIRE's NX/XX/GT/LT condition.

@@ -1,5 +1,13 @@
-//! Commands: parsing a request into a [`Command`], and running data commands against a
-//! transaction.
+//! Commands: every command aft knows, typed, one module per family, each with its format in
+//! its documentation; parsing a request into a [`Command`].
+//!
+//! | family | module | runs against |
+//! |---|---|---|
+//! | strings | [`string`] | a transaction ([`DataCmd::apply`]) |
+//! | keys, expiry, the keyspace | [`keyspace`] | a transaction |
+//! | connection (PING, HELLO, AUTH, CLIENT…) | [`connection`] | the connection's [`connection::Client`] |
+//! | server (INFO, CONFIG, COMMAND, SHUTDOWN…) | [`server`] | the node |
+//! | transactions (MULTI, EXEC, WATCH, AFT.*) | [`transaction`] | the session's mode |
 //!
 //! Parsing reports two kinds of errors, as Redis does: [`ParseError`] (unknown command, wrong
 //! number of arguments) is found when a command is queued and aborts a MULTI block; every
@@ -7,17 +15,20 @@
 //! replied when the command runs (inside the EXEC reply for a queued command).
 //!
 //! Data commands are run by [`DataCmd::apply`], a function of the transaction alone that
-//! returns the reply: the same code serves autocommit, MULTI/EXEC and interactive
-//! transactions.
+//! returns the reply: the same code serves autocommit, pipelines, MULTI/EXEC and
+//! interactive transactions.
 
+pub mod connection;
 pub mod keyspace;
+pub mod server;
 pub mod string;
 pub mod table;
+pub mod transaction;
 pub mod util;
 
 use bytes::Bytes;
 
-use crate::reply::Reply;
+use crate::resp::Reply;
 use crate::txn::{Txn, TxnError};
 pub use table::{lookup, CommandSpec, COMMANDS};
 
@@ -47,8 +58,12 @@ impl ParseError {
 pub enum Command {
     /// Reads or writes keys: runs inside a transaction.
     Data(DataCmd),
-    /// Acts on the connection or the server; the session runs it.
-    Server(table::Id, Vec<Bytes>),
+    /// Acts on the connection.
+    Connection(connection::ConnectionCmd),
+    /// Acts on the server.
+    Server(server::ServerCmd),
+    /// Changes the connection's transaction mode (MULTI, EXEC, WATCH, AFT.*).
+    Txn(transaction::TxnCmd),
     /// A run-time error found while parsing (e.g. a syntax error): replied when run.
     Invalid(Reply),
 }
@@ -103,17 +118,21 @@ pub fn parse(args: Vec<Bytes>) -> Result<Command, ParseError> {
     if !spec.arity_ok(args.len()) {
         return Err(ParseError::Arity(spec.name));
     }
-    let parsed = if spec.id.is_string() {
-        string::StringCmd::parse(spec, args).map(DataCmd::Str)
-    } else if spec.id.is_keyspace() {
-        keyspace::KeyCmd::parse(spec, args).map(DataCmd::Key)
-    } else {
-        return Ok(Command::Server(spec.id, args));
+    use table::Family;
+    let parsed = match spec.id.family() {
+        Family::String => {
+            string::StringCmd::parse(spec, args).map(|c| Command::Data(DataCmd::Str(c)))
+        }
+        Family::Keyspace => {
+            keyspace::KeyCmd::parse(spec, args).map(|c| Command::Data(DataCmd::Key(c)))
+        }
+        Family::Connection => {
+            connection::ConnectionCmd::parse(spec.name, args).map(Command::Connection)
+        }
+        Family::Server => server::ServerCmd::parse(spec.name, args).map(Command::Server),
+        Family::Transaction => transaction::TxnCmd::parse(spec.id, args).map(Command::Txn),
     };
-    Ok(match parsed {
-        Ok(cmd) => Command::Data(cmd),
-        Err(reply) => Command::Invalid(reply),
-    })
+    Ok(parsed.unwrap_or_else(Command::Invalid))
 }
 
 /// Redis's reply to an unknown command, byte for byte (the client's bytes are echoed raw;

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::table::{CommandSpec, Id};
 use super::util::{err, format_f64, int_arg, parse_f64, parse_i64, MAX_STRING, NOT_FLOAT, SYNTAX};
-use crate::reply::Reply;
+use crate::resp::Reply;
 use crate::txn::{Entry, Txn, TxnError, Value};
 
 /// When a write should expire, as given by the client.

@@ -120,10 +120,64 @@ impl CommandSpec {
     }
 }
 
+/// Which module of [`crate::cmd`] a command belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Family {
+    /// [`crate::cmd::string`].
+    String,
+    /// [`crate::cmd::keyspace`].
+    Keyspace,
+    /// [`crate::cmd::connection`].
+    Connection,
+    /// [`crate::cmd::server`].
+    Server,
+    /// [`crate::cmd::transaction`].
+    Transaction,
+}
+
 impl Id {
     /// See [`CommandSpec::is_data`].
     pub fn is_data(self) -> bool {
         self.is_string() || self.is_keyspace()
+    }
+
+    /// The command's family.
+    pub fn family(self) -> Family {
+        if self.is_string() {
+            Family::String
+        } else if self.is_keyspace() {
+            Family::Keyspace
+        } else if matches!(
+            self,
+            Id::Ping
+                | Id::Echo
+                | Id::Hello
+                | Id::Auth
+                | Id::Select
+                | Id::Client
+                | Id::Quit
+                | Id::Reset
+        ) {
+            Family::Connection
+        } else if matches!(
+            self,
+            Id::Multi
+                | Id::Exec
+                | Id::Discard
+                | Id::Watch
+                | Id::Unwatch
+                | Id::AftBegin
+                | Id::AftCommit
+                | Id::AftAbort
+                | Id::AftAttach
+                | Id::AftDetach
+                | Id::AftStatus
+                | Id::AftIdempotent
+        ) {
+            Family::Transaction
+        } else {
+            Family::Server
+        }
     }
 
     /// A string command (`cmd::string`).

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use crate::reply::Reply;
+use crate::resp::Reply;
 
 /// `ERR value is not an integer or out of range`.
 pub const NOT_INTEGER: &str = "ERR value is not an integer or out of range";

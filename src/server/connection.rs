@@ -14,9 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::parser::{Limits, RequestParser};
-use super::Context;
-use crate::reply::Reply;
+use crate::node::Node;
+use crate::resp::{Limits, Reply, RequestParser};
 use crate::session::Session;
 
 /// Most requests parsed into one batch.
@@ -52,23 +51,18 @@ fn make_room(input: &mut BytesMut, needed: usize) {
 }
 
 /// Serves one client until it disconnects, sends QUIT, sends garbage, or the server stops.
-pub async fn serve(
-    stream: TcpStream,
-    peer: String,
-    ctx: Arc<Context>,
-    stop: watch::Receiver<bool>,
-) {
-    ctx.connections_total.fetch_add(1, Ordering::Relaxed);
-    ctx.connected.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = serve_inner(stream, peer.clone(), ctx.clone(), stop).await {
+pub async fn serve(stream: TcpStream, peer: String, node: Arc<Node>, stop: watch::Receiver<bool>) {
+    node.connections_total.fetch_add(1, Ordering::Relaxed);
+    node.connected.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = serve_inner(stream, peer.clone(), node.clone(), stop).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
-    ctx.connected.fetch_sub(1, Ordering::Relaxed);
+    node.connected.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Records the size of a reply buffer about to be written.
-fn note_output(ctx: &Context, len: usize) {
-    ctx.peak_output_buffer
+fn note_output(node: &Node, len: usize) {
+    node.peak_output_buffer
         .fetch_max(len as u64, Ordering::Relaxed);
 }
 
@@ -82,16 +76,16 @@ pub async fn refuse(mut stream: TcpStream) {
 async fn serve_inner(
     mut stream: TcpStream,
     peer: String,
-    ctx: Arc<Context>,
+    node: Arc<Node>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let limits = Limits {
-        max_bulk_len: ctx.config.max_bulk_len,
-        max_multibulk_len: ctx.config.max_multibulk_len,
-        max_inline_len: ctx.config.max_inline_len,
+        max_bulk_len: node.config.max_bulk_len,
+        max_multibulk_len: node.config.max_multibulk_len,
+        max_inline_len: node.config.max_inline_len,
     };
-    let mut session = Session::new(ctx.clone(), peer);
+    let mut session = Session::new(node.clone(), peer);
     let mut parser = RequestParser::new(limits);
     parser.set_authenticated(session.is_authenticated());
     let mut input = BytesMut::with_capacity(INITIAL_BUFFER);
@@ -124,20 +118,20 @@ async fn serve_inner(
                     break;
                 }
                 if output.len() >= FLUSH_AT {
-                    note_output(&ctx, output.len());
+                    note_output(&node, output.len());
                     stream.write_all(&output).await?;
                     output.clear();
                 }
             }
             parser.set_authenticated(session.is_authenticated());
             if session.should_close() {
-                note_output(&ctx, output.len());
+                note_output(&node, output.len());
                 stream.write_all(&output).await?;
                 return Ok(());
             }
             if let Some(e) = failed {
                 Reply::error(e.to_string()).encode(session.protocol(), &mut output);
-                note_output(&ctx, output.len());
+                note_output(&node, output.len());
                 stream.write_all(&output).await?;
                 return Ok(());
             }
@@ -146,7 +140,7 @@ async fn serve_inner(
             }
         }
         if !output.is_empty() {
-            note_output(&ctx, output.len());
+            note_output(&node, output.len());
             stream.write_all(&output).await?;
             output.clear();
         }

@@ -1,15 +1,13 @@
 //! The network side: accepting clients, serving each connection, shutting down cleanly.
 //!
-//! [`run`] takes an already bound listener (tests bind port 0) and a shutdown future; it
-//! returns once every connection has finished its current batch and the backend is closed.
+//! [`run`] takes an already bound listener (tests bind port 0), the node it serves and a
+//! shutdown future; it returns once every connection has finished its current batch and the
+//! backend is closed.
 
 pub mod connection;
-pub mod info;
-pub mod parser;
-pub mod process;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,88 +16,78 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::txn::open::{OpenLimits, OpenTxns};
-use crate::txn::Engine;
+use crate::node::{self, Node};
+use crate::process;
 
-/// State shared by every connection of a server.
-pub struct Context {
-    /// The transaction engine.
-    pub engine: Arc<Engine>,
-    /// Open interactive transactions.
-    pub open_txns: Arc<OpenTxns>,
-    /// The configuration the server runs with.
-    pub config: Arc<Config>,
-    /// The address the server listens on.
-    pub listen_addr: String,
-    /// Next CLIENT ID.
-    pub next_client_id: AtomicU64,
-    /// Commands processed (since start or the last CONFIG RESETSTAT, like every counter).
-    pub commands: AtomicU64,
-    /// Connections accepted.
-    pub connections_total: AtomicU64,
-    /// Connections open now.
-    pub connected: AtomicU64,
-    /// Connections refused because of `max_clients`.
-    pub rejected: AtomicU64,
-    /// The most reply bytes any connection held before writing them (INFO clients'
-    /// `client_recent_max_output_buffer`): bounded by the flush mark plus one reply.
-    pub peak_output_buffer: AtomicU64,
-    /// When the server started.
-    pub started: Instant,
-    /// When the server started, in seconds since the epoch.
-    pub started_unix: u64,
-    /// Set by SHUTDOWN: the server stops as on SIGTERM.
-    shutdown: tokio::sync::Notify,
+/// `aft serve`: fits `max_clients` to the open-file limit, opens the node's storage and
+/// engine (recovering the commit set), listens on `config.listen`, and serves until SIGINT,
+/// SIGTERM or SHUTDOWN; SIGHUP is ignored. Returns once everything acknowledged is durable
+/// and the backend is closed.
+pub async fn serve(mut config: Config) -> Result<(), String> {
+    ignore_hangups()?;
+    // Before the backend opens its files and connections, so that they count too.
+    config.max_clients = process::fit_max_clients(config.max_clients)?.max_clients;
+    let engine = node::open_engine(&config).await?;
+    // Registered before listening: from the first client on, SIGTERM is graceful.
+    let shutdown = shutdown_signal()?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| config.listen.clone());
+    let backend = engine.storage_name();
+    let recovered = engine.stats().recovered_commits.load(Ordering::Relaxed);
+    tracing::info!(%addr, backend, recovered, "aft ready: listening on {addr}");
+    let node = Node::new(engine, Arc::new(config), addr);
+    run(listener, node, shutdown).await;
+    Ok(())
 }
 
-impl Context {
-    /// A context for a server listening on `listen_addr`. Starts the reaper of idle
-    /// interactive transactions (needs a tokio runtime).
-    pub fn new(engine: Arc<Engine>, config: Arc<Config>, listen_addr: String) -> Arc<Context> {
-        let limits = OpenLimits {
-            default_timeout: Duration::from_millis(config.txn_timeout_ms),
-            max_timeout: Duration::from_millis(
-                config.max_txn_timeout_ms.max(config.txn_timeout_ms),
-            ),
-            max_open: config.max_open_txns,
-            max_txn_bytes: config.max_txn_bytes,
-            max_total_bytes: config.max_open_txn_bytes,
-            max_per_client: config.max_open_txns_per_client,
-        };
-        Arc::new(Context {
-            open_txns: OpenTxns::start(engine.clone(), limits),
-            engine,
-            config,
-            listen_addr,
-            next_client_id: AtomicU64::new(1),
-            commands: AtomicU64::new(0),
-            connections_total: AtomicU64::new(0),
-            connected: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            peak_output_buffer: AtomicU64::new(0),
-            started: Instant::now(),
-            started_unix: crate::txn::clock::wall_ms() / 1000,
-            shutdown: tokio::sync::Notify::new(),
-        })
-    }
-
-    /// Zeroes the counters INFO reports (CONFIG RESETSTAT), as Redis does: commands
-    /// processed, connections received and rejected, the engine's and the interactive
-    /// transactions' counters. Gauges (connected clients, keys, open transactions, versions
-    /// in memory) describe the present and are kept.
-    pub fn reset_stats(&self) {
-        for counter in [&self.commands, &self.connections_total, &self.rejected] {
-            counter.store(0, Ordering::Relaxed);
+/// Logs and otherwise ignores SIGHUP, as Redis does: a closed terminal or a
+/// `systemctl reload` must not stop the server.
+#[cfg(unix)]
+fn ignore_hangups() -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups =
+        signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("received SIGHUP: ignored (SIGTERM or SHUTDOWN stops aft)");
         }
-        self.engine.stats().reset();
-        self.open_txns.stats().reset();
-    }
+    });
+    Ok(())
+}
 
-    /// Asks the server to shut down gracefully (the SHUTDOWN command).
-    pub fn request_shutdown(&self) {
-        // A stored permit: `run` sees it even if it is not waiting right now.
-        self.shutdown.notify_one();
-    }
+#[cfg(not(unix))]
+fn ignore_hangups() -> Result<(), String> {
+    Ok(())
+}
+
+/// A future that completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed
+/// now, so a signal that arrives before the future is first polled is not lost.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl Future<Output = ()>, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("received SIGINT"),
+            _ = terminate.recv() => tracing::info!("received SIGTERM"),
+        }
+    })
+}
+
+/// A future that completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl Future<Output = ()>, String> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// Shortest time between two `accept failed` log lines.
@@ -141,12 +129,12 @@ impl AcceptFailures {
 /// Serves clients on `listener` until `shutdown` completes, then stops accepting, lets
 /// every connection finish the requests it has read (commits in progress complete), and
 /// closes the backend.
-pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
+pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     // Config::validate bounds max_clients far below Semaphore::MAX_PERMITS; the clamp keeps
     // a context built without validation from panicking here.
     let slots = Arc::new(Semaphore::new(
-        ctx.config.max_clients.min(Semaphore::MAX_PERMITS),
+        node.config.max_clients.min(Semaphore::MAX_PERMITS),
     ));
     let mut accept_failures = AcceptFailures::new(ACCEPT_FAILURE_LOG_INTERVAL);
     let mut connections = JoinSet::new();
@@ -154,7 +142,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Future
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = ctx.shutdown.notified() => break,
+            _ = node.shutdown.notified() => break,
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(pair) => pair,
@@ -174,17 +162,17 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Future
                         continue;
                     }
                 };
-                let ctx = ctx.clone();
+                let node = node.clone();
                 let stop = stop_rx.clone();
                 match slots.clone().try_acquire_owned() {
                     Ok(permit) => {
                         connections.spawn(async move {
-                            connection::serve(stream, peer.to_string(), ctx, stop).await;
+                            connection::serve(stream, peer.to_string(), node, stop).await;
                             drop(permit);
                         });
                     }
                     Err(_) => {
-                        ctx.rejected.fetch_add(1, Ordering::Relaxed);
+                        node.rejected.fetch_add(1, Ordering::Relaxed);
                         connections.spawn(connection::refuse(stream));
                     }
                 }
@@ -203,7 +191,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Future
         tracing::warn!("connections did not finish within 10 s; closing them");
         connections.shutdown().await;
     }
-    match ctx.engine.close().await {
+    match node.engine.close().await {
         Ok(()) => tracing::info!("backend closed"),
         Err(e) => tracing::error!(error = %e, "closing the backend failed"),
     }

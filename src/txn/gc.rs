@@ -949,6 +949,7 @@ mod tests {
             idempotency_retention: retention,
             status_retention: retention,
             max_snapshot_age: Duration::ZERO,
+            ..EngineConfig::default()
         }
     }
 

@@ -30,6 +30,7 @@ pub mod index;
 pub mod open;
 pub mod record;
 mod resolve;
+pub mod run;
 mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -101,6 +102,8 @@ pub struct EngineConfig {
     /// The longest a snapshot holds garbage collection back; older snapshots are revoked
     /// (see the module documentation). Zero: no limit.
     pub max_snapshot_age: Duration,
+    /// Largest value a command may build (APPEND, SETRANGE): Redis's proto-max-bulk-len.
+    pub max_value_len: usize,
 }
 
 impl Default for EngineConfig {
@@ -111,6 +114,7 @@ impl Default for EngineConfig {
             idempotency_retention: Duration::from_secs(24 * 3600),
             status_retention: Duration::from_secs(60),
             max_snapshot_age: Duration::from_secs(60),
+            max_value_len: 512 << 20,
         }
     }
 }
@@ -223,6 +227,7 @@ pub struct Engine {
     /// Tickets of pinned snapshots below this are revoked (see [`Snapshots`]).
     revoked_below: AtomicU64,
     max_snapshot_age: Duration,
+    max_value_len: usize,
     /// Garbage collection bookkeeping and its background task.
     gc: Collector,
     /// Commits in flight: validation reserves their keys here (first committer wins).
@@ -256,6 +261,7 @@ impl Engine {
             snapshots: Mutex::new(Snapshots::default()),
             revoked_below: AtomicU64::new(0),
             max_snapshot_age: config.max_snapshot_age,
+            max_value_len: config.max_value_len,
             gc: Collector::new(config.idempotency_retention, config.status_retention),
             inflight: Mutex::new(Inflight::default()),
             watched: Mutex::new(HashMap::new()),
@@ -639,6 +645,11 @@ impl Txn {
     pub fn touch_clock(&mut self) {
         let ticket = self.pin.map(|p| p.ticket);
         self.now_ms = self.engine.snapshots.lock().move_clock(ticket, self.now_ms);
+    }
+
+    /// Largest value a command may build (see [`EngineConfig::max_value_len`]).
+    pub fn max_value_len(&self) -> usize {
+        self.engine.max_value_len
     }
 
     /// The time commands of this transaction run at (ms since the epoch).
@@ -1032,6 +1043,11 @@ impl Txn {
         mut self,
         watches: Option<&Watches>,
     ) -> Result<Option<VersionId>, TxnError> {
+        let unwatched = watches.is_none_or(Watches::is_empty);
+        if self.writes.is_empty() && !self.flushed && self.checks.is_empty() && unwatched {
+            // Read only, nothing to validate: done (no lock taken).
+            return Ok(None);
+        }
         let engine = self.engine.clone();
         if !self.checks.is_empty() {
             // Validation relies on the reads' snapshot having stayed pinned.

@@ -83,32 +83,33 @@ impl Status {
     }
 }
 
-/// Why an operation on open transactions failed.
+/// Why an operation on open transactions failed. The session turns it into a reply
+/// (`crate::session::error`).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OpenError {
     /// `max_open` transactions are open.
-    #[error("ERR too many open transactions ({0}); commit or abort some first")]
+    #[error("too many open transactions ({0}); commit or abort some first")]
     TooMany(usize),
     /// This client began `max_per_client` transactions that are still open.
-    #[error("ERR this client holds too many open transactions ({0}, max_open_txns_per_client); commit or abort some first")]
+    #[error("this client holds too many open transactions ({0}, max_open_txns_per_client); commit or abort some first")]
     TooManyForClient(usize),
     /// A commit with this idempotency key already exists.
-    #[error("COMMITTED {0} a transaction with this idempotency key already committed; nothing was applied")]
+    #[error("{0} a transaction with this idempotency key already committed; nothing was applied")]
     AlreadyCommitted(TxnId),
     /// The transaction has ended.
-    #[error("ERR transaction {0} is no longer running ({1})")]
+    #[error("transaction {0} is no longer running ({1})")]
     Ended(TxnId, &'static str),
     /// No open transaction has this id.
-    #[error("ERR unknown transaction {0} (never begun here, or ended long ago)")]
+    #[error("unknown transaction {0} (never begun here, or ended long ago)")]
     UnknownTxn(String),
     /// The transaction buffered more than a limit allows; it was aborted.
-    #[error("ERR transaction {0} aborted: it buffered more than {1} bytes of writes")]
+    #[error("transaction {0} aborted: it buffered more than {1} bytes of writes")]
     TooBig(TxnId, usize),
     /// All open transactions together buffer too much; this one was aborted.
-    #[error("ERR transaction {0} aborted: open transactions buffer more than {1} bytes in all")]
+    #[error("transaction {0} aborted: open transactions buffer more than {1} bytes in all")]
     TotalTooBig(TxnId, usize),
     /// The backend failed.
-    #[error("ERR {0}")]
+    #[error("{0}")]
     Storage(#[from] StorageError),
 }
 

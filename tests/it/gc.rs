@@ -29,6 +29,7 @@ fn config(retention: Duration) -> EngineConfig {
         idempotency_retention: retention,
         status_retention: retention,
         max_snapshot_age: Duration::ZERO,
+        ..EngineConfig::default()
     }
 }
 

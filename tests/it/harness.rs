@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aft::config::Config;
-use aft::server::{self, Context};
-use aft::storage::dynamodb::DynamoDbStorage;
-use aft::storage::embedded::{CacheBudget, EmbeddedOptions, EmbeddedStorage};
-use aft::storage::memory::MemoryStorage;
+use aft::node::{self, Node};
+use aft::server;
 use aft::storage::redis::{RedisOptions, RedisStorage};
 use aft::storage::Storage;
 use aft::txn::{Engine, EngineConfig};
@@ -60,77 +58,73 @@ impl TestServer {
         Self::with_config(Config::default()).await
     }
 
-    /// A server over the test backend (see [`test_backend`]) with `config`.
-    pub async fn with_config(config: Config) -> TestServer {
-        match test_backend().as_str() {
-            "memory" => Self::with_storage(Arc::new(MemoryStorage::new()), config).await,
+    /// A server over the test backend (see [`test_backend`]) with `config` (its `backend`
+    /// is replaced by the test backend's), opened as `aft serve` opens one.
+    pub async fn with_config(mut config: Config) -> TestServer {
+        let guard = match test_backend().as_str() {
+            "memory" => {
+                config.backend = "memory".into();
+                BackendGuard::None
+            }
             "dynamodb" => {
                 let emulator = Emulator::start().await;
-                let storage = DynamoDbStorage::connect(emulator.options("aft"))
-                    .await
-                    .expect("connect to the DynamoDB emulator");
-                let mut server = Self::with_storage(Arc::new(storage), config).await;
-                server._backend = BackendGuard::Emulator(emulator);
-                server
+                config.backend = emulator.url("aft");
+                BackendGuard::Emulator(emulator)
             }
             "redis" => {
                 let redis = tokio::task::spawn_blocking(RedisServer::start)
                     .await
                     .expect("start redis-server");
-                let url = format!("redis://127.0.0.1:{}", redis.port);
-                let mut server = Self::with_storage(redis_storage(&url).await, config).await;
-                server._backend = BackendGuard::Redis(redis);
-                server
+                config.backend = format!("redis://127.0.0.1:{}", redis.port);
+                BackendGuard::Redis(redis)
             }
             "redis-cluster" => {
                 let cluster = tokio::task::spawn_blocking(shared_cluster)
                     .await
                     .expect("start the redis cluster");
-                let url = cluster.url(&format!("?prefix={}", unique_prefix()));
-                let mut server = Self::with_storage(redis_storage(&url).await, config).await;
-                server._backend = BackendGuard::RedisCluster(cluster);
-                server
+                config.backend = cluster.url(&format!("?prefix={}", unique_prefix()));
+                BackendGuard::RedisCluster(cluster)
             }
             other => panic!(
                 "AFT_TEST_BACKEND={other}: expected memory, dynamodb, redis or redis-cluster"
             ),
-        }
+        };
+        let engine = node::open_engine(&config).await.expect("open the backend");
+        let mut server = Self::with_engine(engine, config).await;
+        server._backend = guard;
+        server
     }
 
-    /// A server over the embedded backend in `dir`, with the default cache budget shared by
-    /// redb's page cache and the engine's value cache as `aft serve` shares it.
+    /// A server over the embedded backend in `dir` (fsync off), opened as `aft serve`
+    /// opens one.
     pub async fn embedded(dir: &Path) -> TestServer {
-        let engine = EngineConfig::default();
-        let budget = CacheBudget::split(engine.cache_bytes);
-        let options = EmbeddedOptions {
+        let config = Config {
+            backend: "embedded".into(),
+            data_dir: dir.to_owned(),
             fsync: false,
-            cache_bytes: budget.page_cache,
+            ..Config::default()
         };
-        let storage = EmbeddedStorage::open(dir, options).expect("open embedded storage");
-        let engine = EngineConfig {
-            cache_bytes: budget.value_cache,
-            ..engine
-        };
-        Self::with_engine(Arc::new(storage), Config::default(), engine).await
+        let engine = node::open_engine(&config)
+            .await
+            .expect("open embedded storage");
+        Self::with_engine(engine, config).await
     }
 
-    /// A server over any storage.
+    /// A server over any storage, its engine configured from `config`.
     pub async fn with_storage(storage: Arc<dyn Storage>, config: Config) -> TestServer {
-        Self::with_engine(storage, config, EngineConfig::default()).await
+        let engine = Engine::open(storage, EngineConfig::from(&config))
+            .await
+            .expect("open engine");
+        Self::with_engine(engine, config).await
     }
 
-    /// A server over any storage, with an engine configured by `engine`.
-    pub async fn with_engine(
-        storage: Arc<dyn Storage>,
-        config: Config,
-        engine: EngineConfig,
-    ) -> TestServer {
-        let engine = Engine::open(storage, engine).await.expect("open engine");
+    /// A server over an open engine.
+    pub async fn with_engine(engine: Arc<Engine>, config: Config) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let ctx = Context::new(engine, Arc::new(config), addr.to_string());
+        let node = Node::new(engine, Arc::new(config), addr.to_string());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(listener, ctx, async {
+        let task = tokio::spawn(server::run(listener, node, async {
             let _ = stopped.await;
         }));
         TestServer {

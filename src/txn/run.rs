@@ -1,0 +1,85 @@
+//! The one transaction runner: one retry policy and one commit rule for every transaction
+//! whose client has seen nothing of it before it commits (a command on its own, a pipelined
+//! group, MULTI/EXEC). Interactive transactions show their reads as they go, so they are not
+//! re-run: their conflicts reach the client.
+//!
+//! * **Commit rule**: the body runs in a fresh [`Txn`]; then the transaction commits (with the
+//!   watched keys, if any): validation of what it read, then its writes, if any.
+//! * **Retry policy**: a transaction that lost a write conflict or whose snapshot was revoked
+//!   ([`TxnError::is_retryable`]) runs again from scratch, after the next publication (or
+//!   [`RETRY_WAIT`]), for up to [`CONFLICT_RETRY_LIMIT`]; then the error is returned. A watch
+//!   failure is returned at once (EXEC replies null).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Engine, Txn, TxnError, Watches};
+
+/// How long a transaction that keeps losing write conflicts is re-run before its client
+/// gets the conflict error.
+pub const CONFLICT_RETRY_LIMIT: Duration = Duration::from_secs(10);
+
+/// Longest wait for a publication between two attempts.
+pub const RETRY_WAIT: Duration = Duration::from_millis(5);
+
+/// Runs a transaction body until it commits. A call site loops:
+///
+/// ```ignore
+/// let mut runner = Runner::new(&engine, watches);
+/// let outcome = loop {
+///     let mut txn = runner.begin();
+///     let body = body(&mut txn).await; // the commands
+///     if let Some(outcome) = runner.finish(txn, body).await {
+///         break outcome;
+///     }
+/// };
+/// ```
+pub struct Runner<'w> {
+    engine: Arc<Engine>,
+    watches: Option<&'w Watches>,
+    deadline: Instant,
+}
+
+impl<'w> Runner<'w> {
+    /// A runner of transactions on `engine`, committed with `watches` (EXEC after WATCH).
+    pub fn new(engine: &Arc<Engine>, watches: Option<&'w Watches>) -> Self {
+        Runner {
+            engine: engine.clone(),
+            watches,
+            deadline: Instant::now() + CONFLICT_RETRY_LIMIT,
+        }
+    }
+
+    /// A fresh transaction for the next attempt.
+    pub fn begin(&self) -> Txn {
+        self.engine.begin()
+    }
+
+    /// Ends an attempt whose body returned `body`: commits `txn` if the body succeeded,
+    /// then returns the outcome — or `None` if the attempt lost a conflict (or its snapshot
+    /// was revoked) and must run again, after waiting for the next publication.
+    pub async fn finish<T>(
+        &mut self,
+        txn: Txn,
+        body: Result<T, TxnError>,
+    ) -> Option<Result<T, TxnError>> {
+        let outcome = match body {
+            Ok(value) => match self.watches {
+                Some(watches) => txn.commit_watched(watches).await,
+                None => txn.commit().await,
+            }
+            .map(|_| value),
+            Err(e) => {
+                drop(txn);
+                Err(e)
+            }
+        };
+        match outcome {
+            Err(e) if e.is_retryable() && Instant::now() < self.deadline => {
+                self.engine.wait_for_publication(RETRY_WAIT).await;
+                None
+            }
+            done => Some(done),
+        }
+    }
+}
