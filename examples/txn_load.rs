@@ -64,15 +64,16 @@ fn parse_args() -> Result<Options, String> {
     Ok(options)
 }
 
-/// xorshift64*: a fast generator, seeded per connection.
-struct Rng(u64);
+/// A fast generator, seeded per connection.
+struct Rng(rand::rngs::SmallRng);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(rand::SeedableRng::seed_from_u64(seed))
+    }
+
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        rand::RngCore::next_u64(&mut self.0)
     }
 }
 
@@ -139,7 +140,7 @@ async fn connection(
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let value = vec![b'x'; options.value_size];
     let mut request = Vec::with_capacity(256);
     let mut line = String::new();

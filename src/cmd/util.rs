@@ -18,40 +18,7 @@ pub fn err(msg: impl Into<Cow<'static, str>>) -> Reply {
     Reply::error(msg)
 }
 
-/// Parses a strict decimal integer like Redis's `string2ll`: an optional `-`, no `+`, no
-/// leading zeros, no spaces, fits in an i64.
-pub fn parse_i64(b: &[u8]) -> Option<i64> {
-    if b.is_empty() || b.len() > 20 {
-        return None;
-    }
-    if b == b"0" {
-        return Some(0);
-    }
-    let (neg, digits) = match b[0] {
-        b'-' => (true, &b[1..]),
-        _ => (false, b),
-    };
-    match digits.first() {
-        Some(b'1'..=b'9') => {}
-        _ => return None,
-    }
-    let mut v: u64 = 0;
-    for &c in digits {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add((c - b'0') as u64)?;
-    }
-    if neg {
-        if v > i64::MAX as u64 + 1 {
-            None
-        } else {
-            Some((v as i64).wrapping_neg())
-        }
-    } else {
-        i64::try_from(v).ok()
-    }
-}
+pub use crate::resp::parser::parse_i64;
 
 /// [`parse_i64`] or the Redis error reply.
 pub fn int_arg(b: &[u8]) -> Result<i64, Reply> {

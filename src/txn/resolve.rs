@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Engine, PendingCommit};
+use super::engine::{Engine, PendingCommit};
 use crate::storage::CommitOutcome;
 
 /// Delay before the first attempt to settle a commit.

@@ -1,8 +1,17 @@
 //! Unit tests of the engine: watches, unknown outcomes, FLUSHALL, revoked snapshots, ids.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::engine::new_txn_id;
+use super::index::VersionMeta;
 use super::*;
 use crate::storage::memory::MemoryStorage;
 use crate::storage::testkit::fault::{FaultConfig, FaultyStorage};
+use crate::storage::{StorageError, VersionId};
 
 fn config() -> EngineConfig {
     EngineConfig {

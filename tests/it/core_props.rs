@@ -35,30 +35,21 @@ use aft::txn::{Engine, EngineConfig, Entry, GcReport, Kind, Txn, TxnError, Value
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-/// xorshift64* seeded through splitmix64: small, deterministic, good enough for test choices.
-pub struct Rng(u64);
+/// Seeded, deterministic choices for the random schedules.
+pub struct Rng(rand::rngs::SmallRng);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        Rng(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
+        Rng(rand::SeedableRng::seed_from_u64(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        rand::RngCore::next_u64(&mut self.0)
     }
 
     /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
+        rand::Rng::gen_range(&mut self.0, 0..n)
     }
 
     /// Uniform in `lo..=hi`.

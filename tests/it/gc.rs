@@ -490,15 +490,16 @@ async fn commit_records_are_retained_as_configured() {
     assert_eq!(get(&engine, &key(2)).await, Some(value(2, 1)));
 }
 
-/// xorshift64*: deterministic choices for the random workloads.
-struct Rng(u64);
+/// Seeded, deterministic choices for the random workloads.
+struct Rng(rand::rngs::SmallRng);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(rand::SeedableRng::seed_from_u64(seed))
+    }
+
     fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+        rand::Rng::gen_range(&mut self.0, 0..n)
     }
 }
 
@@ -569,7 +570,7 @@ async fn assert_bounded_by_keys(engine: &Arc<Engine>, storage: &dyn Storage) {
 async fn restart_after_gc_finds_the_same_data(backend: Backend, seed: u64) {
     let cfg = config(Duration::ZERO);
     let (mut engine, mut storage) = backend.open(&cfg).await;
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut model = Model::new();
     for step in 0..6 {
         random_commits(&engine, &mut rng, &mut model, 150).await;
@@ -667,7 +668,7 @@ async fn a_crash_in_the_middle_of_collection_loses_and_resurrects_nothing() {
     let cfg = config(Duration::ZERO);
     for crash_after in 0..8 {
         let inner = Arc::new(MemoryStorage::new());
-        let mut rng = Rng(100 + crash_after as u64);
+        let mut rng = Rng::new(100 + crash_after as u64);
         let mut model = Model::new();
         let crashing = Arc::new(CrashingDeletes {
             inner: inner.clone(),
