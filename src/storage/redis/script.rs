@@ -1,0 +1,118 @@
+//! The backend's Lua scripts, sent by SHA1 with `EVALSHA`, and whole after `NOSCRIPT`.
+//!
+//! Each script is a file of `lua/`, whose header lists its `KEYS`, its `ARGV` and its reply.
+//! Every script touches metadata keys only, so it runs on the server of the metadata slot.
+
+use fred::types::{Resp3Frame, Value};
+
+use super::client::{text, RequestError};
+use super::RedisStorage;
+
+/// A Lua script and its SHA1.
+pub(super) struct Script {
+    body: &'static str,
+    sha: String,
+}
+
+impl Script {
+    fn new(body: &'static str) -> Script {
+        Script {
+            body,
+            sha: sha1_smol::Sha1::from(body).digest().to_string(),
+        }
+    }
+}
+
+/// Creates a commit record (or reports the commit that holds its idempotency key, or that
+/// its pending marker was reclaimed): the request that decides a commit.
+const COMMIT_LUA: &str = include_str!("lua/commit.lua");
+/// Writes the pending marker of a cluster commit (or reports the commit that holds its
+/// idempotency key).
+const MARK_LUA: &str = include_str!("lua/mark.lua");
+/// Takes the pending markers of commits too old to finish, and lists their version keys.
+const RECLAIM_LUA: &str = include_str!("lua/reclaim.lua");
+/// Removes pending markers.
+const FORGET_LUA: &str = include_str!("lua/forget.lua");
+/// Pages through the commit log, with the records.
+const SCAN_LUA: &str = include_str!("lua/scan.lua");
+/// Deletes commit records, their log entries and the idempotency entries that name them.
+const DELETE_LUA: &str = include_str!("lua/delete.lua");
+
+/// Every script of the backend.
+pub(super) struct Scripts {
+    /// `lua/commit.lua`.
+    pub(super) commit: Script,
+    /// `lua/mark.lua`.
+    pub(super) mark: Script,
+    /// `lua/reclaim.lua`.
+    pub(super) reclaim: Script,
+    /// `lua/forget.lua`.
+    pub(super) forget: Script,
+    /// `lua/scan.lua`.
+    pub(super) scan: Script,
+    /// `lua/delete.lua`.
+    pub(super) delete: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Scripts {
+        Scripts {
+            commit: Script::new(COMMIT_LUA),
+            mark: Script::new(MARK_LUA),
+            reclaim: Script::new(RECLAIM_LUA),
+            forget: Script::new(FORGET_LUA),
+            scan: Script::new(SCAN_LUA),
+            delete: Script::new(DELETE_LUA),
+        }
+    }
+
+    fn all(&self) -> [&Script; 6] {
+        [
+            &self.commit,
+            &self.mark,
+            &self.reclaim,
+            &self.forget,
+            &self.scan,
+            &self.delete,
+        ]
+    }
+}
+
+impl RedisStorage {
+    /// Loads every script on the server of the metadata slot, so that the first commit is
+    /// already one `EVALSHA`. Best effort: a script that is missing later is sent whole.
+    pub(super) async fn load_scripts(&self) {
+        for script in self.scripts.all() {
+            let load = vec![text("LOAD"), text(script.body)];
+            if let Err(e) = self.call(self.layout.meta_slot, "SCRIPT", load).await {
+                tracing::debug!("cannot preload a script on {}: {e:?}", self.servers);
+            }
+        }
+    }
+
+    /// Runs a script on the metadata slot: `EVALSHA`, and `EVAL` after `NOSCRIPT` (which
+    /// also caches it on that server).
+    pub(super) async fn eval(
+        &self,
+        script: &Script,
+        keys: Vec<Value>,
+        args: Vec<Value>,
+    ) -> Result<Resp3Frame, RequestError> {
+        let numkeys = keys.len();
+        let mut request = Vec::with_capacity(2 + keys.len() + args.len());
+        request.push(text(script.sha.as_str()));
+        request.push(Value::Integer(numkeys as i64));
+        request.extend(keys);
+        request.extend(args);
+        match self
+            .call(self.layout.meta_slot, "EVALSHA", request.clone())
+            .await
+        {
+            Err(e) if e.is_noscript() => {
+                request[0] = text(script.body);
+                self.call(self.layout.meta_slot, "EVAL", request).await
+            }
+            other => other,
+        }
+    }
+}
