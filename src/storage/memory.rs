@@ -5,6 +5,7 @@
 //! [`Storage::commit`] returns.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
@@ -26,10 +27,14 @@ pub struct MemoryStorage {
     closed: AtomicBool,
 }
 
+/// The three kinds of records of the contract, each in its own map.
 #[derive(Debug, Default)]
 struct State {
+    /// `(user key, version) -> value`.
     versions: BTreeMap<(Bytes, VersionId), Bytes>,
+    /// Commit records in id order, as [`Storage::scan_commits`] lists them.
     commits: BTreeMap<VersionId, CommitRecord>,
+    /// `idempotency key -> id` of the commit record holding it.
     idempotency: BTreeMap<Bytes, VersionId>,
 }
 
@@ -39,7 +44,8 @@ impl MemoryStorage {
         Self::default()
     }
 
-    /// Called with the lock held, so that no call is applied after `close` returned.
+    /// `Err(Closed)` once closed. Called with the lock held, so that no call is applied after
+    /// `close` returned.
     fn check_open(&self) -> Result<(), StorageError> {
         if self.closed.load(Ordering::Acquire) {
             Err(StorageError::Closed)
@@ -85,16 +91,13 @@ impl MemoryStorage {
     ) -> Result<Vec<CommitRecord>, StorageError> {
         let state = self.state.read();
         self.check_open()?;
-        let records = match after {
-            Some(after) => state
-                .commits
-                .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
-                .take(limit)
-                .map(|(_, r)| r.clone())
-                .collect(),
-            None => state.commits.values().take(limit).cloned().collect(),
-        };
-        Ok(records)
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(state
+            .commits
+            .range((lower, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
     }
 
     fn find_now(&self, idempotency_key: &Bytes) -> Result<Option<VersionId>, StorageError> {
