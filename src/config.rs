@@ -444,6 +444,103 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_key_has_a_flag_an_env_var_and_a_line_in_the_example_config() {
+        use clap::CommandFactory;
+
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            flags: ConfigFlags,
+        }
+        let command = Cli::command();
+        let example = include_str!("../conf/aft.toml");
+        for (key, env, _) in Config::defaults() {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == key)
+                .unwrap_or_else(|| panic!("no flag for {key}"));
+            assert_eq!(arg.get_long(), Some(key.replace('_', "-").as_str()));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env), "{key}");
+            assert_eq!(env, format!("AFT_{}", key.to_ascii_uppercase()));
+            let listed = example.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.starts_with(&format!("{key} ="))
+            });
+            assert!(listed, "conf/aft.toml does not list {key}");
+        }
+        assert_eq!(Config::KEYS.len(), Config::defaults().len());
+        // And every field is a key (a field added without a flag would not compile into
+        // ConfigFlags; this checks the other direction through serde).
+        let table = toml::Table::try_from(Config {
+            requirepass: Some("x".into()),
+            ..Config::default()
+        })
+        .unwrap();
+        let mut fields: Vec<&str> = table.keys().map(String::as_str).collect();
+        let mut keys = Config::KEYS.to_vec();
+        fields.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(fields, keys);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_secrets_are_not_printed() {
+        use clap::Parser;
+
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            flags: ConfigFlags,
+        }
+        let cli = Cli::try_parse_from([
+            "aft",
+            "--cache-mb",
+            "7",
+            "--fsync",
+            "false",
+            "--requirepass",
+            "hunter2",
+            "--max-snapshot-age-ms",
+            "5",
+        ])
+        .unwrap();
+        let mut config = Config::from_toml("cache_mb = 3\nmax_clients = 9").unwrap();
+        cli.flags.apply(&mut config);
+        assert_eq!(config.cache_mb, 7);
+        assert_eq!(config.max_clients, 9);
+        assert!(!config.fsync);
+        assert_eq!(config.max_snapshot_age_ms, 5);
+        assert_eq!(
+            config.requirepass.as_ref().map(Secret::expose),
+            Some("hunter2")
+        );
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("requirepass: Some(\"***\")"), "{printed}");
+    }
+
+    #[test]
+    fn one_idempotency_ttl_rule_for_every_backend() {
+        let config = Config {
+            idempotency_retention_secs: 100,
+            backend: "dynamodb://aft?region=us-east-1".into(),
+            ..Config::default()
+        };
+        let BackendKind::DynamoDb(dynamodb) = config.backend_kind().unwrap() else {
+            panic!("not dynamodb");
+        };
+        let redis = Config {
+            backend: "redis://127.0.0.1".into(),
+            ..config.clone()
+        };
+        let BackendKind::Redis(redis) = redis.backend_kind().unwrap() else {
+            panic!("not redis");
+        };
+        assert_eq!(dynamodb.idempotency_ttl, Duration::from_secs(3_700));
+        assert_eq!(redis.idempotency_ttl, Some(Duration::from_secs(3_700)));
+    }
+
+    #[test]
     fn example_config_parses_and_matches_defaults() {
         let text = include_str!("../conf/aft.toml");
         let config = Config::from_toml(text).unwrap();

@@ -10,7 +10,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::table::{CommandSpec, Id};
-use super::util::{err, format_f64, int_arg, parse_f64, parse_i64, MAX_STRING, NOT_FLOAT, SYNTAX};
+use super::util::{err, format_f64, int_arg, parse_f64, parse_i64, NOT_FLOAT, SYNTAX};
 use crate::resp::Reply;
 use crate::txn::{Entry, Txn, TxnError, Value};
 
@@ -434,7 +434,7 @@ impl StringCmd {
                     }) => (b, expire_at),
                     None => (Bytes::new(), None),
                 };
-                if bytes.len() + value.len() > MAX_STRING {
+                if bytes.len() + value.len() > txn.max_value_len() {
                     return Ok(too_big());
                 }
                 let mut joined = BytesMut::with_capacity(bytes.len() + value.len());
@@ -491,7 +491,7 @@ impl StringCmd {
                     return Ok(Reply::Integer(bytes.len() as i64));
                 }
                 let offset = *offset as usize;
-                if offset.saturating_add(value.len()) > MAX_STRING {
+                if offset.saturating_add(value.len()) > txn.max_value_len() {
                     return Ok(too_big());
                 }
                 let len = bytes.len().max(offset + value.len());

@@ -10,8 +10,6 @@ pub const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 pub const NOT_FLOAT: &str = "ERR value is not a valid float";
 /// `ERR syntax error`.
 pub const SYNTAX: &str = "ERR syntax error";
-/// The largest string Redis accepts (proto-max-bulk-len).
-pub const MAX_STRING: usize = 512 * 1024 * 1024;
 
 /// An error reply.
 pub fn err(msg: impl Into<Cow<'static, str>>) -> Reply {

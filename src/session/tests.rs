@@ -89,6 +89,32 @@ async fn strings_get_set_and_conditions() {
 }
 
 #[tokio::test]
+async fn append_and_setrange_obey_max_bulk_len() {
+    let config = Config {
+        max_bulk_len: 10,
+        ..Config::default()
+    };
+    let engine = Engine::open(Arc::new(MemoryStorage::new()), EngineConfig::from(&config))
+        .await
+        .unwrap();
+    let node = Node::new(engine, Arc::new(config), "127.0.0.1:7379".into());
+    let mut s = Session::new(node, "127.0.0.1:1".into());
+    let too_big = "-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n";
+    expect(
+        &mut s,
+        &[
+            ("APPEND s 0123456789", ":10\r\n"),
+            ("APPEND s x", too_big),
+            ("SETRANGE s 9 y", ":10\r\n"),
+            ("SETRANGE s 10 y", too_big),
+            ("SETRANGE t 8 abc", too_big),
+            ("GET s", "$10\r\n012345678y\r\n"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn string_editing_and_counters() {
     let mut s = session().await;
     expect(
