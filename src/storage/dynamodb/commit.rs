@@ -1,0 +1,390 @@
+//! [`Storage::commit`](crate::storage::Storage::commit): the fast path (one
+//! `TransactWriteItems`) and the general path (a pending marker, batches, then one
+//! `TransactWriteItems` with the record), as the module documentation describes them.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::api::{CallError, Reason};
+use super::layout::{
+    bin, bucket, build_failed, commit_pk, directory_sk, encode_marker, entry_id, idempotency_pk,
+    item_size, key_item, key_of, now_ms, num, put_action, put_new_action, put_request, shard,
+    split_payload, version_pk, Item, MarkerPlan, ABANDONED, DIRECTORY_PK, DONE, EXPIRES, ID,
+    MARKER_PK, PK, SINGLE_SK, STARTED,
+};
+use super::retry::CallFailure;
+use super::stats::bump;
+use super::{DynamoDbStorage, BACKEND};
+use crate::storage::{record, CommitBatch, CommitOutcome, Failure, StorageError, VersionId};
+
+impl DynamoDbStorage {
+    /// Writes the directory entry of `id`'s commit partition, unless this process did already.
+    async fn register_partition(&self, id: VersionId) -> Result<(), StorageError> {
+        let entry = (bucket(id), shard(id));
+        if self.registered.lock().contains(&entry) {
+            return Ok(());
+        }
+        let item = key_item(DIRECTORY_PK.to_vec(), directory_sk(entry.0, entry.1));
+        let action = put_action(&self.table, item)?;
+        self.write_one(action)
+            .await
+            .map_err(|f| self.failed(f, false))?;
+        self.registered.lock().insert(entry);
+        Ok(())
+    }
+
+    /// The idempotency entry claiming `key` for the commit `id`, with its TTL.
+    fn idempotency_item(&self, key: &[u8], id: VersionId) -> Item {
+        let mut item = key_item(idempotency_pk(key), SINGLE_SK.to_vec());
+        item.insert(ID.into(), bin(id.to_bytes()));
+        let expires = SystemTime::now()
+            .checked_add(self.idempotency_ttl)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(u64::MAX / 2, |d| d.as_secs());
+        item.insert(EXPIRES.into(), num(expires));
+        item
+    }
+
+    /// [`Storage::commit`](crate::storage::Storage::commit): the fast path if the commit fits
+    /// in one transaction, the general path otherwise.
+    pub(super) async fn commit_now(
+        &self,
+        batch: CommitBatch,
+    ) -> Result<CommitOutcome, StorageError> {
+        let CommitBatch { versions, record } = batch;
+        let id = record.id;
+        let chunk = self.limits.chunk_bytes;
+        // One version per key: the last one, as every backend applies them in order.
+        let mut latest: HashMap<Bytes, usize> = HashMap::with_capacity(versions.len());
+        for (i, (key, _)) in versions.iter().enumerate() {
+            latest.insert(key.clone(), i);
+        }
+        let sk = id.to_bytes().to_vec();
+        let mut version_items = Vec::with_capacity(versions.len());
+        let mut plan = Vec::with_capacity(versions.len());
+        for (i, (key, value)) in versions.iter().enumerate() {
+            if latest.get(key) != Some(&i) {
+                continue;
+            }
+            let (head, chunks) = split_payload(version_pk(key), sk.clone(), value, chunk, vec![]);
+            plan.push((key.to_vec(), chunks.len() as u32));
+            version_items.push(head);
+            version_items.extend(chunks);
+        }
+        let encoded = record::encode(BACKEND, &record)?;
+        let (record_head, record_chunks) =
+            split_payload(commit_pk(id), sk.clone(), &encoded, chunk, vec![]);
+        let idempotency = record
+            .idempotency_key
+            .as_ref()
+            .map(|key| self.idempotency_item(key, id));
+
+        self.register_partition(id).await?;
+
+        let count =
+            version_items.len() + record_chunks.len() + 1 + usize::from(idempotency.is_some());
+        let bytes: usize = version_items
+            .iter()
+            .chain(&record_chunks)
+            .chain(std::iter::once(&record_head))
+            .chain(idempotency.iter())
+            .map(item_size)
+            .sum();
+        if count <= self.limits.txn_max_items && bytes <= self.limits.txn_max_bytes {
+            let outcome = self
+                .commit_fast(id, version_items, record_chunks, record_head, idempotency)
+                .await?;
+            bump(&self.counters.fast_commits, 1);
+            return Ok(outcome);
+        }
+        let plan = MarkerPlan {
+            record_chunks: record_chunks.len() as u32,
+            versions: plan,
+        };
+        let outcome = self
+            .commit_general(
+                id,
+                plan,
+                version_items,
+                record_chunks,
+                record_head,
+                idempotency,
+            )
+            .await?;
+        bump(&self.counters.general_commits, 1);
+        Ok(outcome)
+    }
+
+    /// One `TransactWriteItems` with everything.
+    async fn commit_fast(
+        &self,
+        id: VersionId,
+        versions: Vec<Item>,
+        record_chunks: Vec<Item>,
+        record_head: Item,
+        idempotency: Option<Item>,
+    ) -> Result<CommitOutcome, StorageError> {
+        let mut actions = Vec::with_capacity(versions.len() + record_chunks.len() + 2);
+        for item in versions.into_iter().chain(record_chunks) {
+            actions.push(put_action(&self.table, item)?);
+        }
+        let record_at = actions.len();
+        actions.push(put_new_action(&self.table, record_head)?);
+        let idempotency_at = match idempotency {
+            Some(item) => {
+                actions.push(put_new_action(&self.table, item)?);
+                Some(actions.len() - 1)
+            }
+            None => None,
+        };
+        self.final_transaction(id, actions, "f", record_at, idempotency_at, None)
+            .await
+    }
+
+    /// Sends a commit's transaction and interprets its outcome. `record_at`,
+    /// `idempotency_at`, `marker_at`: positions of the conditional actions.
+    async fn final_transaction(
+        &self,
+        id: VersionId,
+        actions: Vec<TransactWriteItem>,
+        kind: &str,
+        record_at: usize,
+        idempotency_at: Option<usize>,
+        marker_at: Option<usize>,
+    ) -> Result<CommitOutcome, StorageError> {
+        let token = request_token(kind, id);
+        let mut ambiguous = false;
+        // A duplicate whose entry disappears before we read it (deleted with its commit) lets
+        // the commit try again; bounded, as each round needs another deletion.
+        for _ in 0..3 {
+            let result = self
+                .retrying("TransactWriteItems", || {
+                    let attempt = self.api.transact_write(actions.clone(), token.clone());
+                    async move {
+                        match attempt.await {
+                            Err(CallError::Canceled(reasons)) => Err(cancel_to_retry(reasons)),
+                            other => other,
+                        }
+                    }
+                })
+                .await;
+            let reasons = match result {
+                Ok(()) => return Ok(CommitOutcome::Committed),
+                Err(CallFailure {
+                    last: CallError::Canceled(reasons),
+                    ambiguous: earlier,
+                }) => {
+                    ambiguous |= earlier;
+                    reasons
+                }
+                Err(mut failure) => {
+                    failure.ambiguous |= ambiguous;
+                    return Err(self.failed(failure, true));
+                }
+            };
+            let failed = |at: Option<usize>| {
+                at.and_then(|i| reasons.get(i))
+                    .is_some_and(Reason::condition_failed)
+            };
+            if failed(Some(record_at)) {
+                // Only this commit writes a record with this id: an earlier attempt applied.
+                return Ok(CommitOutcome::Committed);
+            }
+            if failed(marker_at) {
+                return Err(StorageError::Io(Failure::new(
+                    BACKEND,
+                    format!("commit {id:?} was abandoned by orphan clean-up before it completed"),
+                )));
+            }
+            if failed(idempotency_at) {
+                let returned = idempotency_at
+                    .and_then(|i| reasons.get(i))
+                    .and_then(|r| r.item.as_ref())
+                    .map(entry_id)
+                    .transpose()?;
+                let existing = match returned {
+                    Some(existing) => Some(existing),
+                    None => {
+                        let key = actions
+                            .get(idempotency_at.unwrap_or(0))
+                            .and_then(|a| a.put.as_ref())
+                            .map(|p| p.item.clone())
+                            .ok_or_else(|| {
+                                StorageError::Io(Failure::new(BACKEND, "lost idempotency action"))
+                            })?;
+                        self.get_item(key_of(&key))
+                            .await?
+                            .map(|entry| entry_id(&entry))
+                            .transpose()?
+                    }
+                };
+                match existing {
+                    Some(existing) if existing == id => return Ok(CommitOutcome::Committed),
+                    Some(existing) => {
+                        bump(&self.counters.duplicates, 1);
+                        return Ok(CommitOutcome::Duplicate(existing));
+                    }
+                    None => continue,
+                }
+            }
+            return Err(self.failed(
+                CallFailure {
+                    last: CallError::Canceled(reasons),
+                    ambiguous,
+                },
+                true,
+            ));
+        }
+        Err(StorageError::Unavailable(Failure::new(
+            BACKEND,
+            format!("commit {id:?}: its idempotency key keeps changing owner"),
+        )))
+    }
+
+    /// Pending marker, batches, then one transaction with the record, the idempotency entry
+    /// and the marker's `done` flag.
+    async fn commit_general(
+        &self,
+        id: VersionId,
+        plan: MarkerPlan,
+        versions: Vec<Item>,
+        record_chunks: Vec<Item>,
+        record_head: Item,
+        idempotency: Option<Item>,
+    ) -> Result<CommitOutcome, StorageError> {
+        let sk = id.to_bytes().to_vec();
+        if let Some(item) = &idempotency {
+            if let Some(existing) = self.read_idempotent_item(item).await? {
+                bump(&self.counters.duplicates, 1);
+                return Ok(CommitOutcome::Duplicate(existing));
+            }
+        }
+
+        // The marker first (its head, then its key list's chunks), so that every version
+        // written below is listed by a durable marker.
+        let payload = encode_marker(&plan)?;
+        let (marker_head, marker_chunks) = split_payload(
+            MARKER_PK.to_vec(),
+            sk.clone(),
+            &payload,
+            self.limits.chunk_bytes,
+            vec![(STARTED, num(now_ms()))],
+        );
+        let marker_chunk_count = marker_chunks.len() as u32;
+        self.write_one(put_action(&self.table, marker_head)?)
+            .await
+            .map_err(|f| self.failed(f, false))?;
+        self.batch_write(
+            marker_chunks
+                .into_iter()
+                .map(put_request)
+                .collect::<Result<_, _>>()?,
+        )
+        .await?;
+
+        self.batch_write(
+            versions
+                .into_iter()
+                .chain(record_chunks)
+                .map(put_request)
+                .collect::<Result<_, _>>()?,
+        )
+        .await?;
+
+        let mut actions = vec![put_new_action(&self.table, record_head)?];
+        let idempotency_at = match idempotency {
+            Some(item) => {
+                actions.push(put_new_action(&self.table, item)?);
+                Some(1)
+            }
+            None => None,
+        };
+        let done = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_item(MARKER_PK.to_vec(), sk.clone())))
+            .update_expression("SET #d = :t")
+            .condition_expression("attribute_exists(#pk) AND attribute_not_exists(#ab)")
+            .expression_attribute_names("#d", DONE)
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#ab", ABANDONED)
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .build()
+            .map_err(build_failed)?;
+        actions.push(TransactWriteItem::builder().update(done).build());
+        let marker_at = actions.len() - 1;
+        let outcome = self
+            .final_transaction(id, actions, "g", 0, idempotency_at, Some(marker_at))
+            .await?;
+        match outcome {
+            CommitOutcome::Committed => {
+                if let Err(e) = self.delete_marker(id, marker_chunk_count).await {
+                    tracing::warn!(?id, "dynamodb: pending marker left for clean-up: {e}");
+                }
+            }
+            CommitOutcome::Duplicate(_) => {
+                if let Err(e) = self.abandon(id).await {
+                    tracing::warn!(?id, "dynamodb: duplicate's versions left for clean-up: {e}");
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The id of the commit holding the idempotency entry `item` names, read consistently.
+    async fn read_idempotent_item(&self, item: &Item) -> Result<Option<VersionId>, StorageError> {
+        self.get_item(key_of(item))
+            .await?
+            .map(|entry| entry_id(&entry))
+            .transpose()
+    }
+}
+
+/// The client request token of a commit's transaction: derived from its id, so a retry of
+/// the same request carries the same token. At most 36 characters.
+pub(super) fn request_token(kind: &str, id: VersionId) -> String {
+    let digest = Sha256::digest(id.to_bytes());
+    let mut token = format!("aft{kind}-");
+    for byte in &digest[..16] {
+        token.push_str(&format!("{byte:02x}"));
+    }
+    token.truncate(36);
+    token
+}
+
+/// A cancellation that only conflicts or throttling caused is retried like a throttled
+/// request; others are the commit's answer.
+fn cancel_to_retry(reasons: Vec<Reason>) -> CallError {
+    let transient = |code: &str| {
+        matches!(
+            code,
+            "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded"
+        )
+    };
+    let any_transient = reasons.iter().any(|r| transient(&r.code));
+    let only_transient = reasons
+        .iter()
+        .all(|r| r.code == "None" || transient(&r.code));
+    if any_transient && only_transient {
+        let conflict = reasons.iter().any(|r| r.code == "TransactionConflict");
+        CallError::Retry {
+            message: format!(
+                "TransactWriteItems cancelled: {}",
+                reasons
+                    .iter()
+                    .map(|r| r.code.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            throttled: !conflict,
+            conflict,
+            ambiguous: false,
+            cause: None,
+        }
+    } else {
+        CallError::Canceled(reasons)
+    }
+}
