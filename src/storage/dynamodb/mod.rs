@@ -106,8 +106,8 @@
 //! aft deletes an idempotency entry with its commit record (the entry first, conditional on
 //! still naming the record) once the record's retention is over, and this layout never leaves
 //! an entry without its record. Entries also carry `exp`, a DynamoDB TTL counted from the
-//! commit ([`DynamoDbOptions::idempotency_ttl`]; `aft serve` sets it to
-//! `idempotency_retention_secs` plus a week), which bounds how long any entry can outlive what
+//! commit ([`DynamoDbOptions::idempotency_ttl`]; `aft serve` sets it, as for every backend,
+//! to `idempotency_retention_secs` plus an hour: `Config::idempotency_ttl`), which bounds how long any entry can outlive what
 //! aft promises: a retry is recognised for at least the retention. The one consequence: a
 //! record whose versions stay live past the TTL keeps its record but no longer blocks its
 //! idempotency key.

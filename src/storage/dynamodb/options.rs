@@ -80,7 +80,8 @@ impl DynamoDbOptions {
             credentials: CredentialSource::Chain,
             max_attempts: 10,
             attempt_timeout: Duration::from_secs(10),
-            idempotency_ttl: Duration::from_secs(8 * 86_400),
+            // A day plus an hour: the default retention plus the margin `aft serve` adds.
+            idempotency_ttl: Duration::from_secs(86_400 + 3_600),
         }
     }
 
