@@ -15,10 +15,11 @@ deps:
 build:
 	$(CARGO) build --all-targets
 
-## Formatting and lints, as CI enforces them.
+## Formatting, lints and documentation links, as CI enforces them.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items
 
 # Integration-test modules that do not use AFT_TEST_BACKEND (their own backends, or none).
 NOT_ON_BACKEND = --skip crash:: --skip recovery:: --skip redis_backend:: --skip core_props:: --skip gc:: --skip isolation::
@@ -39,10 +40,11 @@ clients: build
 	tests/clients/run.sh target/debug/aft
 	AFT_TEST_BACKEND=dynamodb tests/clients/run.sh target/debug/aft
 
-## Throughput of aft on the Redis backend against Redis itself, in one run (release build;
-## not part of `make test`).
+## Throughput of aft on the Redis backend against Redis itself, in one run (release build),
+## then the micro-benchmarks of the hot paths (criterion). Not part of `make test`.
 bench:
 	scripts/bench.sh
+	$(CARGO) bench --bench core
 
 ## Everything.
 test: deps lint unit clients

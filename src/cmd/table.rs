@@ -248,6 +248,8 @@ const NS: &[&str] = &[
     "allow_busy",
 ];
 const A: &[&str] = &["admin", "noscript", "loading", "stale"];
+/// MULTI, DISCARD, WATCH, UNWATCH.
+const TX: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 
 macro_rules! spec {
     ($name:literal, $arity:expr, $flags:expr, $keys:expr, $id:ident) => {
@@ -303,13 +305,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec!("keys", 2, R, (0, 0, 0), Keys),
     spec!("scan", -2, R, (0, 0, 0), Scan),
     spec!("randomkey", 1, R, (0, 0, 0), RandomKey),
-    spec!(
-        "multi",
-        1,
-        &["noscript", "loading", "stale", "fast", "allow_busy"],
-        (0, 0, 0),
-        Multi
-    ),
+    spec!("multi", 1, TX, (0, 0, 0), Multi),
     spec!(
         "exec",
         1,
@@ -317,27 +313,9 @@ pub static COMMANDS: &[CommandSpec] = &[
         (0, 0, 0),
         Exec
     ),
-    spec!(
-        "discard",
-        1,
-        &["noscript", "loading", "stale", "fast", "allow_busy"],
-        (0, 0, 0),
-        Discard
-    ),
-    spec!(
-        "watch",
-        -2,
-        &["noscript", "loading", "stale", "fast", "allow_busy"],
-        (1, -1, 1),
-        Watch
-    ),
-    spec!(
-        "unwatch",
-        1,
-        &["noscript", "loading", "stale", "fast", "allow_busy"],
-        (0, 0, 0),
-        Unwatch
-    ),
+    spec!("discard", 1, TX, (0, 0, 0), Discard),
+    spec!("watch", -2, TX, (1, -1, 1), Watch),
+    spec!("unwatch", 1, TX, (0, 0, 0), Unwatch),
     spec!("ping", -1, S, (0, 0, 0), Ping),
     spec!("echo", 2, S, (0, 0, 0), Echo),
     spec!("hello", -1, NS, (0, 0, 0), Hello),

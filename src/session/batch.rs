@@ -25,7 +25,7 @@ impl Session {
     /// Consecutive data commands outside MULTI and interactive transactions are run as
     /// one transaction with one commit: each still gets its own reply, errors included, and
     /// the result is the same as running them one after the other with no other commit in
-    /// between (see [`Session::run_group`]). It saves a backend round trip per write. Stops
+    /// between: reads that follow the group's first write are validated at commit. It saves a backend round trip per write. Stops
     /// early after QUIT or SHUTDOWN.
     pub async fn handle_batch(
         &mut self,
@@ -98,7 +98,7 @@ impl Session {
     ///
     /// The group is "as if one by one": reads before its first write see the snapshot
     /// (pinned at the first read), and every read after a write is validated at commit
-    /// ([`Txn::validate_reads_after_writes`]), so the group's writes and the reads that
+    /// ([`crate::txn::Txn::validate_reads_after_writes`]), so the group's writes and the reads that
     /// follow them take effect together at commit. A losing group is re-run (its client
     /// saw nothing). The transaction ends early — leaving the rest pending — before a
     /// keyspace-wide read (KEYS, SCAN, RANDOMKEY, DBSIZE) that follows a write (it cannot be

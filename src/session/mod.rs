@@ -1,12 +1,12 @@
 //! One client connection's state, and where each request goes.
 //!
-//! A session is in one [`Mode`]: normal (each data command is its own transaction, or part of
+//! A session is in one mode: normal (each data command is its own transaction, or part of
 //! its pipeline's group), MULTI (commands are queued and run at EXEC as one transaction), or
 //! attached to an interactive transaction (data commands run inside it). It also holds the
 //! connection's [`Client`] state (protocol, name, authentication) and its WATCHed keys.
 //!
 //! [`Session::handle`] takes one request and appends its reply to an output buffer, and
-//! [`Session::handle_batch`] a pipelined batch (see [`batch`]); neither writes to the socket,
+//! [`Session::handle_batch`] a pipelined batch (pipeline groups); neither writes to the socket,
 //! so a batch is answered with one write, and both are testable without sockets. Every
 //! failure of a transaction becomes a reply in one place, [`error`].
 

@@ -1,4 +1,4 @@
-//! The protocol core: read-atomic transactions over any [`Storage`] (protocol.md §4–§7).
+//! The protocol core: read-atomic transactions over any [`Storage`](crate::storage::Storage) (protocol.md §4–§7).
 //!
 //! An [`Engine`] owns a node's commit set (the [`index::Index`] of committed versions), its
 //! hybrid logical clock and its storage. A [`Txn`] buffers writes, reads from a snapshot of
@@ -13,7 +13,7 @@
 //! reply was lost: the backend may have applied it) is never forgotten: its keys stay fenced
 //! for conflict checks and garbage collection, and a background task settles it by sending
 //! the same commit again (commits are idempotent by id, see the storage contract) until the
-//! backend answers; the commit is then published, or reclaimed (see [`resolve`]).
+//! backend answers; the commit is then published, or reclaimed (`txn/resolve.rs`).
 //!
 //! # Snapshots that grow too old
 //!

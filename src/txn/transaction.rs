@@ -113,7 +113,7 @@ impl Txn {
         self.now_ms = self.engine.snapshots.lock().move_clock(ticket, self.now_ms);
     }
 
-    /// Largest value a command may build (see [`EngineConfig::max_value_len`]).
+    /// Largest value a command may build (see [`super::EngineConfig::max_value_len`]).
     pub fn max_value_len(&self) -> usize {
         self.engine.max_value_len
     }

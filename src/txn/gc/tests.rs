@@ -179,6 +179,7 @@ struct Flaky {
     last_commit: parking_lot::Mutex<Option<VersionId>>,
 }
 
+#[deny(clippy::missing_trait_methods)]
 impl Storage for Flaky {
     fn name(&self) -> &'static str {
         "flaky"
@@ -226,6 +227,12 @@ impl Storage for Flaky {
     }
     fn close(&self) -> BoxFuture<'_, Result<(), StorageError>> {
         self.inner.close()
+    }
+    fn health(&self) -> Result<(), String> {
+        self.inner.health()
+    }
+    fn reclaim_orphans(&self, older_than: Duration) -> BoxFuture<'_, Result<u64, StorageError>> {
+        self.inner.reclaim_orphans(older_than)
     }
 }
 
