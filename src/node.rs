@@ -12,7 +12,7 @@ use crate::storage::dynamodb::DynamoDbStorage;
 use crate::storage::embedded::{CacheBudget, EmbeddedOptions, EmbeddedStorage};
 use crate::storage::memory::MemoryStorage;
 use crate::storage::redis::RedisStorage;
-use crate::storage::Storage;
+use crate::storage::{Durability, Storage};
 use crate::txn::open::{OpenLimits, OpenTxns};
 use crate::txn::{Engine, EngineConfig};
 
@@ -83,26 +83,17 @@ impl Node {
     /// What the backend does with acknowledged writes, in Redis's terms (see
     /// [`Persistence`]).
     pub fn persistence(&self) -> Persistence {
-        match self.engine.storage_name() {
-            // Each group commit is a redb transaction, committed before it is acknowledged:
-            // fsynced first, unless `fsync` is off (then on disk within about a second).
-            "embedded" => Persistence {
-                appendonly: true,
-                appendfsync: if self.config.fsync {
-                    "always"
-                } else {
-                    "everysec"
-                },
-            },
-            // DynamoDB acknowledges a write once it is durable in several availability zones.
-            "dynamodb" => Persistence {
+        match self.engine.storage_durability() {
+            Durability::Synced => Persistence {
                 appendonly: true,
                 appendfsync: "always",
             },
-            // Memory keeps nothing. A Redis backend's durability is its own configuration,
-            // which aft does not inspect: it claims nothing it cannot vouch for and reports
-            // Redis's defaults.
-            _ => Persistence {
+            Durability::WithinASecond => Persistence {
+                appendonly: true,
+                appendfsync: "everysec",
+            },
+            // Claims nothing it cannot vouch for, and reports Redis's defaults.
+            Durability::NotClaimed => Persistence {
                 appendonly: false,
                 appendfsync: "everysec",
             },

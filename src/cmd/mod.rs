@@ -118,6 +118,12 @@ pub fn parse(args: Vec<Bytes>) -> Result<Command, ParseError> {
     if !spec.arity_ok(args.len()) {
         return Err(ParseError::Arity(spec.name));
     }
+    Ok(parse_known(spec, args))
+}
+
+/// Parses `args`, a request for `spec` whose arity the caller checked (it looked the command
+/// up already: the session, to check authentication and MULTI rules first).
+pub fn parse_known(spec: &CommandSpec, args: Vec<Bytes>) -> Command {
     use table::Family;
     let parsed = match spec.id.family() {
         Family::String => {
@@ -132,7 +138,7 @@ pub fn parse(args: Vec<Bytes>) -> Result<Command, ParseError> {
         Family::Server => server::ServerCmd::parse(spec.name, args).map(Command::Server),
         Family::Transaction => transaction::TxnCmd::parse(spec.id, args).map(Command::Txn),
     };
-    Ok(parsed.unwrap_or_else(Command::Invalid))
+    parsed.unwrap_or_else(Command::Invalid)
 }
 
 /// Redis's reply to an unknown command, byte for byte (the client's bytes are echoed raw;

@@ -45,34 +45,29 @@ impl Session {
                 self.handle(args, out).await;
                 continue;
             };
-            match cmd::parse(args) {
-                Ok(command @ Command::Data(_)) => {
+            match cmd::parse_known(spec, args) {
+                command @ Command::Data(_) => {
                     self.group.push_back(command);
                     // The group goes on with the data commands that follow.
                     while self.group.len() < MAX_GROUP {
-                        let joins = requests.front().is_some_and(|next| {
-                            self.groupable(next).is_some_and(|spec| spec.is_data())
-                        });
-                        if !joins {
+                        let Some(spec) = requests
+                            .front()
+                            .and_then(|next| self.groupable(next))
+                            .filter(|spec| spec.is_data())
+                        else {
                             break;
-                        }
+                        };
                         let Some(next) = requests.pop_front() else {
                             break;
                         };
-                        match cmd::parse(next) {
-                            Ok(c) => self.group.push_back(c),
-                            // Not reached: `groupable` checked the name and the arity.
-                            Err(e) => self.group.push_back(Command::Invalid(e.reply())),
-                        }
+                        self.group.push_back(cmd::parse_known(spec, next));
                     }
                 }
-                Ok(command) => {
+                command => {
                     self.node.commands.fetch_add(1, Ordering::Relaxed);
                     let reply = self.execute(spec, command).await;
                     self.reply(reply, out);
                 }
-                // Not reached: `groupable` checked the name and the arity.
-                Err(e) => self.reply(e.reply(), out),
             }
         }
     }

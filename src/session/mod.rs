@@ -126,10 +126,8 @@ impl Session {
         {
             return err("NOAUTH Authentication required.");
         }
-        match cmd::parse(args) {
-            Ok(command) => self.execute(spec, command).await,
-            Err(e) => self.queue_error(e),
-        }
+        let command = cmd::parse_known(spec, args);
+        self.execute(spec, command).await
     }
 
     /// Runs a parsed, well-formed command in the current mode.
@@ -310,10 +308,7 @@ impl Session {
         for command in queue {
             replies.push(match command {
                 Command::Data(c) => apply(c, txn).await?,
-                Command::Connection(ConnectionCmd::Client(args)) => {
-                    client_command(&mut self.client, args, None)
-                }
-                Command::Connection(c) => c.apply(&mut self.client, &self.node.config),
+                Command::Connection(c) => self.connection(c.clone()),
                 Command::Server(c) => c.apply(&self.node, &mut self.client),
                 Command::Txn(TxnCmd::Unwatch) => Reply::ok(),
                 Command::Txn(TxnCmd::Idempotent(key)) => {

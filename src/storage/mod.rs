@@ -162,6 +162,18 @@ pub enum CommitOutcome {
     Duplicate(VersionId),
 }
 
+/// When an acknowledged commit is safe, as a backend vouches for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// On stable storage before it is acknowledged (`appendfsync always`).
+    Synced,
+    /// On stable storage within about a second after (`appendfsync everysec`).
+    WithinASecond,
+    /// Nothing claimed: kept in memory only, or the durability is a remote store's own
+    /// configuration, which aft does not inspect (a Redis backend).
+    NotClaimed,
+}
+
 /// The storage contract. See the module documentation for the guarantees each method gives.
 pub trait Storage: Send + Sync + 'static {
     /// Short name of the backend, for INFO and logs.
@@ -199,6 +211,12 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Flushes what is buffered and releases resources; later calls fail with `Closed`.
     fn close(&self) -> BoxFuture<'_, Result<(), StorageError>>;
+
+    /// What the backend does with a commit it acknowledged (for INFO and CONFIG GET, in
+    /// Redis's `appendonly`/`appendfsync` terms). The default claims nothing.
+    fn durability(&self) -> Durability {
+        Durability::NotClaimed
+    }
 
     /// Whether the backend takes writes now, as far as it knows without a request:
     /// `Err(reason)` while it knows it refuses them (a full disk it is waiting out, say), so

@@ -54,89 +54,55 @@ impl Default for EngineConfig {
     }
 }
 
-/// Counters reported by INFO.
-#[derive(Default, Debug)]
-pub struct Stats {
+counters! {
+    /// Counters reported by INFO.
+    pub struct Stats {
     /// Transactions committed by this node.
-    pub commits: AtomicU64,
+    commits,
     /// Commits rejected by write-conflict checks.
-    pub conflicts: AtomicU64,
+    conflicts,
     /// Transactions whose watched keys changed.
-    pub watch_failures: AtomicU64,
+    watch_failures,
     /// Commits that failed in the backend.
-    pub storage_errors: AtomicU64,
+    storage_errors,
     /// Values read from the backend (version cache misses).
-    pub storage_reads: AtomicU64,
+    storage_reads,
     /// Reads served from the version cache.
-    pub cache_hits: AtomicU64,
+    cache_hits,
     /// Commit records loaded at start.
-    pub recovered_commits: AtomicU64,
+    recovered_commits,
     /// Stored versions deleted by garbage collection.
-    pub versions_collected: AtomicU64,
+    versions_collected,
     /// Commit records deleted by garbage collection.
-    pub commits_collected: AtomicU64,
+    commits_collected,
     /// Keys removed from memory because their only version was a tombstone or expired.
-    pub keys_removed: AtomicU64,
+    keys_removed,
     /// Garbage collection rounds run.
-    pub gc_runs: AtomicU64,
+    gc_runs,
     /// Storage calls of garbage collection that failed (retried later).
-    pub gc_errors: AtomicU64,
+    gc_errors,
     /// Orphan versions (written by commits that never got a commit record) reclaimed.
-    pub orphans_reclaimed: AtomicU64,
+    orphans_reclaimed,
     /// Commits whose outcome the backend left unknown (a lost reply).
-    pub outcome_unknown: AtomicU64,
+    outcome_unknown,
     /// Of those, commits found to be committed (and then published).
-    pub unknown_committed: AtomicU64,
+    unknown_committed,
     /// Of those, commits found not to be committed (their keys were released).
-    pub unknown_aborted: AtomicU64,
+    unknown_aborted,
     /// Snapshots revoked for being older than the limit.
-    pub snapshots_revoked: AtomicU64,
+    snapshots_revoked,
+}
 }
 
 impl Stats {
-    /// Zeroes every counter (CONFIG RESETSTAT) except `recovered_commits`, a fact about the
-    /// start rather than a running count.
+    /// Zeroes every counter (CONFIG RESETSTAT) except `recovered_commits`, a fact about the start rather
+    /// than a running count.
     pub fn reset(&self) {
-        // Destructured so that a new counter cannot be forgotten here.
-        let Stats {
-            commits,
-            conflicts,
-            watch_failures,
-            storage_errors,
-            storage_reads,
-            cache_hits,
-            recovered_commits: _,
-            versions_collected,
-            commits_collected,
-            keys_removed,
-            gc_runs,
-            gc_errors,
-            orphans_reclaimed,
-            outcome_unknown,
-            unknown_committed,
-            unknown_aborted,
-            snapshots_revoked,
-        } = self;
-        for counter in [
-            commits,
-            conflicts,
-            watch_failures,
-            storage_errors,
-            storage_reads,
-            cache_hits,
-            versions_collected,
-            commits_collected,
-            keys_removed,
-            gc_runs,
-            gc_errors,
-            orphans_reclaimed,
-            outcome_unknown,
-            unknown_committed,
-            unknown_aborted,
-            snapshots_revoked,
-        ] {
+        let kept = self.recovered_commits.load(Ordering::Relaxed);
+        for counter in self.all() {
             counter.store(0, Ordering::Relaxed);
         }
+        self.recovered_commits.store(kept, Ordering::Relaxed);
     }
 }
 
@@ -237,6 +203,12 @@ impl Engine {
     /// The backend's name.
     pub fn storage_name(&self) -> &'static str {
         self.storage.name()
+    }
+
+    /// What the backend vouches for with an acknowledged commit (see
+    /// [`Storage::durability`]).
+    pub fn storage_durability(&self) -> crate::storage::Durability {
+        self.storage.durability()
     }
 
     /// The backend's health as it knows it (see [`Storage::health`]).
@@ -378,6 +350,29 @@ impl Engine {
         }
     }
 
+    /// Applies the backend's answer to a commit, the first attempt's or a resolver's:
+    /// publishes it (`Ok` with its id), or, if another commit holds its idempotency key,
+    /// queues its versions for reclamation (`Err` with that commit's id). A commit that found
+    /// its own idempotency entry was applied by an earlier attempt.
+    pub(super) fn conclude(
+        &self,
+        pending: PendingCommit,
+        answer: CommitOutcome,
+    ) -> Result<VersionId, VersionId> {
+        let id = pending.batch.record.id;
+        match answer {
+            CommitOutcome::Duplicate(existing) if existing != id => {
+                self.gc.tracker.lock().orphans(pending.orphans());
+                Err(existing)
+            }
+            _ => {
+                self.publish(id, &pending.metas, pending.cached, pending.idempotent);
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                Ok(id)
+            }
+        }
+    }
+
     /// Settles a commit the backend answered: publishes it, or accounts for its failure.
     /// An unknown outcome is handed to a background resolver, which keeps `guard`'s keys
     /// fenced until it knows.
@@ -387,23 +382,11 @@ impl Engine {
         pending: PendingCommit,
         guard: InflightGuard,
     ) -> Result<Option<VersionId>, TxnError> {
-        let id = pending.batch.record.id;
         match outcome {
-            Ok(CommitOutcome::Committed) => {
-                self.publish(id, &pending.metas, pending.cached, pending.idempotent);
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(id))
-            }
-            // A commit that found its own idempotency entry had applied (a retried request).
-            Ok(CommitOutcome::Duplicate(existing)) if existing == id => {
-                self.publish(id, &pending.metas, pending.cached, pending.idempotent);
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(id))
-            }
-            Ok(CommitOutcome::Duplicate(existing)) => {
-                self.gc.tracker.lock().orphans(pending.orphans());
-                Err(TxnError::Duplicate(existing))
-            }
+            Ok(answer) => self
+                .conclude(pending, answer)
+                .map(Some)
+                .map_err(TxnError::Duplicate),
             Err(StorageError::OutcomeUnknown(message)) => {
                 self.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
                 self.stats.outcome_unknown.fetch_add(1, Ordering::Relaxed);

@@ -24,6 +24,25 @@
 //!
 //! The core knows nothing of RESP or of any concrete backend.
 
+/// Declares a struct of `AtomicU64` counters (`Default`, `Debug`, public fields) with
+/// `all()`, every counter once: what is reset or reported cannot miss one added later.
+macro_rules! counters {
+    ($(#[$meta:meta])* pub struct $name:ident { $( $(#[$doc:meta])* $field:ident, )* }) => {
+        $(#[$meta])*
+        #[derive(Default, Debug)]
+        pub struct $name {
+            $( $(#[$doc])* pub $field: std::sync::atomic::AtomicU64, )*
+        }
+
+        impl $name {
+            /// Every counter.
+            pub fn all(&self) -> [&std::sync::atomic::AtomicU64; [$(stringify!($field)),*].len()] {
+                [$(&self.$field),*]
+            }
+        }
+    };
+}
+
 pub mod clock;
 mod engine;
 mod error;

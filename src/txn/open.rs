@@ -18,7 +18,7 @@
 //! to a transaction whose id it was not given.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -192,41 +192,30 @@ impl OpenTxn {
     }
 }
 
-/// Counters for INFO.
-#[derive(Default, Debug)]
-pub struct OpenStats {
+counters! {
+    /// Counters of interactive transactions, for INFO.
+    pub struct OpenStats {
     /// AFT.BEGIN that opened a transaction.
-    pub begun: AtomicU64,
+    begun,
     /// Interactive transactions committed.
-    pub committed: AtomicU64,
+    committed,
     /// Interactive transactions aborted by AFT.ABORT or a conflict.
-    pub aborted: AtomicU64,
+    aborted,
     /// Aborted by the reaper after their timeout.
-    pub timed_out: AtomicU64,
+    timed_out,
     /// Aborted for exceeding a buffer limit.
-    pub over_limit: AtomicU64,
+    over_limit,
     /// Retries recognised by their idempotency key.
-    pub duplicates: AtomicU64,
+    duplicates,
     /// Idle, detached transactions aborted to make room when the registry was full.
-    pub evicted: AtomicU64,
+    evicted,
+}
 }
 
 impl OpenStats {
     /// Zeroes every counter (CONFIG RESETSTAT).
     pub fn reset(&self) {
-        // Destructured so that a new counter cannot be forgotten here.
-        let OpenStats {
-            begun,
-            committed,
-            aborted,
-            timed_out,
-            over_limit,
-            duplicates,
-            evicted,
-        } = self;
-        for counter in [
-            begun, committed, aborted, timed_out, over_limit, duplicates, evicted,
-        ] {
+        for counter in self.all() {
             counter.store(0, Ordering::Relaxed);
         }
     }

@@ -28,7 +28,6 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::engine::{Engine, PendingCommit};
-use crate::storage::CommitOutcome;
 
 /// Delay before the first attempt to settle a commit.
 pub const FIRST_DELAY: Duration = Duration::from_millis(20);
@@ -76,9 +75,8 @@ async fn settle(weak: Weak<Engine>, unresolved: Unresolved) {
         }
         attempts += 1;
         let outcome = engine.storage.commit(pending.batch.clone()).await;
-        let committed = match outcome {
-            Ok(CommitOutcome::Committed) => true,
-            Ok(CommitOutcome::Duplicate(existing)) => existing == id,
+        let answer = match outcome {
+            Ok(answer) => answer,
             Err(e) => {
                 if attempts == 1 || attempts.is_power_of_two() {
                     tracing::warn!(?id, attempts, error = %e, "commit outcome still unknown; retrying");
@@ -87,9 +85,7 @@ async fn settle(weak: Weak<Engine>, unresolved: Unresolved) {
                 continue;
             }
         };
-        if committed {
-            engine.publish(id, &pending.metas, pending.cached, pending.idempotent);
-            engine.stats.commits.fetch_add(1, Ordering::Relaxed);
+        if engine.conclude(pending, answer).is_ok() {
             engine
                 .stats
                 .unknown_committed
@@ -100,7 +96,6 @@ async fn settle(weak: Weak<Engine>, unresolved: Unresolved) {
                 "commit of unknown outcome settled: committed"
             );
         } else {
-            engine.gc.tracker.lock().orphans(pending.orphans());
             engine.stats.unknown_aborted.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 ?id,

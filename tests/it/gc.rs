@@ -6,16 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aft::storage::embedded::{EmbeddedOptions, EmbeddedStorage, FILE_NAME};
 use aft::storage::memory::MemoryStorage;
-use aft::storage::{
-    BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Storage, StorageError, VersionId,
-    VersionKey,
-};
+use aft::storage::testkit::fault::{FaultConfig, FaultyStorage};
+use aft::storage::{Storage, VersionId, VersionKey};
 use aft::txn::{Engine, EngineConfig, Entry, TxnError, Value};
 use bytes::Bytes;
 
@@ -615,65 +613,17 @@ async fn restart_after_gc_finds_the_same_data_on_disk() {
     restart_after_gc_finds_the_same_data(Backend::Embedded(dir.path().to_path_buf()), 4).await;
 }
 
-/// A memory store that "crashes" after a number of deletion calls: every later deletion
-/// fails, as if the process died in the middle of a collection round.
-struct CrashingDeletes {
-    inner: Arc<MemoryStorage>,
-    deletes_left: AtomicI64,
-}
-
-impl Storage for CrashingDeletes {
-    fn name(&self) -> &'static str {
-        "crashing-deletes"
-    }
-    fn commit(&self, batch: CommitBatch) -> BoxFuture<'_, Result<CommitOutcome, StorageError>> {
-        self.inner.commit(batch)
-    }
-    fn get_versions(
-        &self,
-        keys: Vec<VersionKey>,
-    ) -> BoxFuture<'_, Result<Vec<Option<Bytes>>, StorageError>> {
-        self.inner.get_versions(keys)
-    }
-    fn scan_commits(
-        &self,
-        after: Option<VersionId>,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<CommitRecord>, StorageError>> {
-        self.inner.scan_commits(after, limit)
-    }
-    fn find_idempotent(
-        &self,
-        idempotency_key: Bytes,
-    ) -> BoxFuture<'_, Result<Option<VersionId>, StorageError>> {
-        self.inner.find_idempotent(idempotency_key)
-    }
-    fn delete(
-        &self,
-        versions: Vec<VersionKey>,
-        commits: Vec<VersionId>,
-    ) -> BoxFuture<'_, Result<(), StorageError>> {
-        if self.deletes_left.fetch_sub(1, Ordering::SeqCst) <= 0 {
-            return Box::pin(async { Err(StorageError::Unavailable("crashed".into())) });
-        }
-        self.inner.delete(versions, commits)
-    }
-    fn close(&self) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.inner.close()
-    }
-}
-
 #[tokio::test]
 async fn a_crash_in_the_middle_of_collection_loses_and_resurrects_nothing() {
     let cfg = config(Duration::ZERO);
     for crash_after in 0..8 {
         let inner = Arc::new(MemoryStorage::new());
-        let mut rng = Rng::new(100 + crash_after as u64);
+        let mut rng = Rng::new(100 + crash_after);
         let mut model = Model::new();
-        let crashing = Arc::new(CrashingDeletes {
-            inner: inner.clone(),
-            deletes_left: AtomicI64::new(crash_after),
-        });
+        // Every deletion after the first `crash_after` fails, as if the process died in the
+        // middle of a collection round.
+        let crashing = Arc::new(FaultyStorage::new(inner.clone(), FaultConfig::new(1)));
+        crashing.fail_deletes_after(crash_after);
         let engine = Engine::open(crashing.clone(), cfg.clone())
             .await
             .expect("open");

@@ -11,8 +11,8 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::api::CallError;
 use super::layout::{
-    bin, build_failed, chunk_count, chunk_keys, commit_pk, corrupt, delete_request, get_bin,
-    idempotency_pk, key_item, key_of, version_pk, Item, CHUNKS, ID, PK, SINGLE_SK, SK, VALUE,
+    bin, build_failed, chunk_count, chunk_keys, commit_pk, corrupt, get_bin, idempotency_pk,
+    key_item, key_of, version_pk, Item, CHUNKS, ID, PK, SINGLE_SK, SK, VALUE,
 };
 use super::retry::{CallFailure, CONCURRENCY};
 use super::{DynamoDbStorage, BACKEND};
@@ -108,21 +108,8 @@ impl DynamoDbStorage {
                 chunks.extend(chunk_keys(get_bin(head, PK)?, get_bin(head, SK)?, count));
             }
         }
-        if !chunks.is_empty() {
-            self.batch_write(
-                chunks
-                    .into_iter()
-                    .map(delete_request)
-                    .collect::<Result<_, _>>()?,
-            )
-            .await?;
-        }
-        self.batch_write(
-            heads
-                .iter()
-                .map(|h| delete_request(key_of(h)))
-                .collect::<Result<_, _>>()?,
-        )
-        .await
+        self.delete_items(chunks).await?;
+        self.delete_items(heads.iter().map(|h| key_of(h)).collect())
+            .await
     }
 }

@@ -153,8 +153,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{
-    BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Storage, StorageError, VersionId,
-    VersionKey,
+    BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Durability, Storage, StorageError,
+    VersionId, VersionKey,
 };
 use api::{Api, SdkApi};
 use layout::now_ms;
@@ -272,6 +272,11 @@ impl DynamoDbStorage {
 impl Storage for DynamoDbStorage {
     fn name(&self) -> &'static str {
         BACKEND
+    }
+
+    /// DynamoDB acknowledges a write once it is durable in several availability zones.
+    fn durability(&self) -> Durability {
+        Durability::Synced
     }
 
     fn commit(&self, batch: CommitBatch) -> BoxFuture<'_, Result<CommitOutcome, StorageError>> {

@@ -11,8 +11,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 
 use super::api::CallError;
 use super::layout::{
-    build_failed, chunk_count, chunk_keys, commit_pk, decode_marker, delete_request, get_bin,
-    get_num, key_item, now_ms, version_pk, ABANDONED, CHUNKS, DONE, MARKER_PK, PK, SK, STARTED,
+    build_failed, chunk_count, chunk_keys, commit_pk, decode_marker, get_bin, get_num, key_item,
+    now_ms, version_pk, ABANDONED, CHUNKS, DONE, MARKER_PK, PK, SK, STARTED,
 };
 use super::retry::CallFailure;
 use super::stats::bump;
@@ -55,16 +55,9 @@ impl DynamoDbStorage {
         chunks: u32,
     ) -> Result<(), StorageError> {
         let sk = id.to_bytes().to_vec();
-        if chunks > 0 {
-            self.batch_write(
-                chunk_keys(MARKER_PK, &sk, chunks)
-                    .into_iter()
-                    .map(delete_request)
-                    .collect::<Result<_, _>>()?,
-            )
+        self.delete_items(chunk_keys(MARKER_PK, &sk, chunks))
             .await?;
-        }
-        self.batch_write(vec![delete_request(key_item(MARKER_PK.to_vec(), sk))?])
+        self.delete_items(vec![key_item(MARKER_PK.to_vec(), sk)])
             .await
     }
 
@@ -122,20 +115,8 @@ impl DynamoDbStorage {
             heads.push(key_item(pk, sk.clone()));
         }
         let deleted = heads.len() as u64;
-        self.batch_write(
-            chunks
-                .into_iter()
-                .map(delete_request)
-                .collect::<Result<_, _>>()?,
-        )
-        .await?;
-        self.batch_write(
-            heads
-                .into_iter()
-                .map(delete_request)
-                .collect::<Result<_, _>>()?,
-        )
-        .await?;
+        self.delete_items(chunks).await?;
+        self.delete_items(heads).await?;
         self.delete_marker(id, marker_chunks).await?;
         bump(&self.counters.orphans_reclaimed, deleted);
         Ok(deleted)

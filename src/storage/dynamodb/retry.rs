@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::{TransactWriteItem, WriteRequest};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::api::{self, CallError, QueryRequest};
-use super::layout::{corrupt, key_bytes, Item};
+use super::layout::{corrupt, delete_request, key_bytes, Item};
 use super::stats::bump;
 use super::{DynamoDbStorage, BACKEND};
 use crate::storage::{Failure, StorageError};
@@ -176,6 +176,19 @@ impl DynamoDbStorage {
         };
         self.retrying(operation, || self.api.write(action.clone()))
             .await
+    }
+
+    /// Deletes the items with these keys with [`Self::batch_write`] (nothing to do if there
+    /// are none).
+    pub(super) async fn delete_items(&self, keys: Vec<Item>) -> Result<(), StorageError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let requests = keys
+            .into_iter()
+            .map(delete_request)
+            .collect::<Result<_, _>>()?;
+        self.batch_write(requests).await
     }
 
     /// Writes `requests` with `BatchWriteItem`, 25 per request and several requests at once,

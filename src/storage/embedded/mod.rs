@@ -99,8 +99,8 @@ use layout::{version_key, Deletion, EncodedCommit};
 use writer::{Opener, Request, Shared};
 
 use super::{
-    BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Storage, StorageError, VersionId,
-    VersionKey,
+    BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Durability, Storage, StorageError,
+    VersionId, VersionKey,
 };
 
 /// The on-disk [`Storage`]: a redb database written by one group-commit thread.
@@ -120,6 +120,8 @@ pub struct EmbeddedStorage {
     requests: Option<mpsc::Sender<Request>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     shared: Arc<Shared>,
+    /// Groups are fsynced before they are acknowledged.
+    fsync: bool,
 }
 
 impl EmbeddedStorage {
@@ -204,6 +206,7 @@ impl EmbeddedStorage {
             requests: Some(requests),
             writer: Mutex::new(Some(handle)),
             shared,
+            fsync: options.fsync,
         })
     }
 
@@ -253,6 +256,16 @@ impl fmt::Debug for EmbeddedStorage {
 impl Storage for EmbeddedStorage {
     fn name(&self) -> &'static str {
         BACKEND
+    }
+
+    /// Each group commit is a redb transaction, committed before it is acknowledged:
+    /// fsynced first, unless `fsync` is off (then on disk within about a second).
+    fn durability(&self) -> Durability {
+        if self.fsync {
+            Durability::Synced
+        } else {
+            Durability::WithinASecond
+        }
     }
 
     fn health(&self) -> Result<(), String> {

@@ -13,7 +13,9 @@
 //!   ([`FaultyStorage::drop_next_requests`]), commits are refused before reaching the
 //!   store ([`FaultyStorage::refuse_commits`], a backend that is down), or the next `n`
 //!   commits wait at a gate until the test opens it ([`FaultyStorage::pause_next_commits`],
-//!   a slow backend: a commit stays in flight as long as a test needs);
+//!   a slow backend: a commit stays in flight as long as a test needs), the next commits are
+//!   orphaned ([`FaultyStorage::orphan_next_commits`]), or deletions fail after a number of
+//!   them ([`FaultyStorage::fail_deletes_after`]);
 //! * **crash**: after [`FaultyStorage::crash`] (or [`CrashHandle::crash`], from any task) every
 //!   call returns [`StorageError::Unavailable`], as if the process had died. A commit in flight
 //!   when the crash happens completes in the inner store and reports
@@ -38,8 +40,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::storage::{
-    BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Storage, StorageError, VersionId,
-    VersionKey,
+    BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Durability, Storage, StorageError,
+    VersionId, VersionKey,
 };
 
 /// What to inject, and the seed that makes it reproducible.
@@ -123,6 +125,11 @@ pub struct FaultyStorage {
     lose_next: AtomicU64,
     /// Commits still to drop unapplied, reported as unknown ([`FaultyStorage::drop_next_requests`]).
     drop_next: AtomicU64,
+    /// Commits still to orphan ([`FaultyStorage::orphan_next_commits`]), and the last one.
+    orphan_next: AtomicU64,
+    last_orphaned: Mutex<Option<VersionId>>,
+    /// Deletions still to let through ([`FaultyStorage::fail_deletes_after`]).
+    deletes_left: AtomicU64,
     /// Commits it accepts fail before reaching the store ([`FaultyStorage::refuse_commits`]).
     refusing: Mutex<Option<CommitFilter>>,
     /// Commits still to stop at the gate, and the gate.
@@ -187,6 +194,9 @@ impl FaultyStorage {
             refused_after_crash: AtomicU64::new(0),
             lose_next: AtomicU64::new(0),
             drop_next: AtomicU64::new(0),
+            orphan_next: AtomicU64::new(0),
+            last_orphaned: Mutex::new(None),
+            deletes_left: AtomicU64::new(u64::MAX),
             refusing: Mutex::new(None),
             paused: Mutex::new(None),
         }
@@ -202,6 +212,23 @@ impl FaultyStorage {
     /// `OutcomeUnknown` (a timeout: the caller cannot tell whether they were applied).
     pub fn drop_next_requests(&self, n: u64) {
         self.drop_next.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` commits write their versions but no commit record, and fail with `Io`
+    /// (a backend that failed half way through a commit): their versions are orphans.
+    pub fn orphan_next_commits(&self, n: u64) {
+        self.orphan_next.store(n, Ordering::SeqCst);
+    }
+
+    /// The version id of the last commit [`FaultyStorage::orphan_next_commits`] orphaned.
+    pub fn last_orphaned(&self) -> Option<VersionId> {
+        *self.last_orphaned.lock()
+    }
+
+    /// The next `n` deletions go through, then every later one fails with `Unavailable`
+    /// (a crash in the middle of garbage collection; `u64::MAX`: never, the default).
+    pub fn fail_deletes_after(&self, n: u64) {
+        self.deletes_left.store(n, Ordering::SeqCst);
     }
 
     /// While `on`, every commit fails with `Unavailable` without reaching the inner store
@@ -353,6 +380,15 @@ impl Storage for FaultyStorage {
                     "injected fault: request lost before reaching the backend".into(),
                 ));
             }
+            if take_one(&self.orphan_next) {
+                let id = batch.record.id;
+                *self.last_orphaned.lock() = Some(id);
+                self.inner.commit(batch).await?;
+                self.inner.delete(Vec::new(), vec![id]).await?;
+                return Err(StorageError::Io(
+                    "injected fault: versions written, commit record not".into(),
+                ));
+            }
             let lose_forced = take_one(&self.lose_next);
             if u < self.config.fail_before && !lose_forced {
                 self.failed_before.fetch_add(1, Ordering::Relaxed);
@@ -427,6 +463,11 @@ impl Storage for FaultyStorage {
     ) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(async move {
             self.refuse_if_crashed()?;
+            if !take_one(&self.deletes_left) {
+                return Err(StorageError::Unavailable(
+                    "injected fault: deletions fail".into(),
+                ));
+            }
             let result = self.inner.delete(versions, commits).await;
             self.reply(result)
         })
@@ -439,6 +480,10 @@ impl Storage for FaultyStorage {
             let result = self.inner.close().await;
             self.reply(result)
         })
+    }
+
+    fn durability(&self) -> Durability {
+        self.inner.durability()
     }
 
     fn health(&self) -> Result<(), String> {

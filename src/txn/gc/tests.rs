@@ -1,8 +1,7 @@
-use std::sync::atomic::AtomicBool;
-
 use super::*;
 use crate::storage::memory::MemoryStorage;
-use crate::storage::{BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Storage, StorageError};
+use crate::storage::testkit::fault::{FaultConfig, FaultyStorage};
+use crate::storage::Storage;
 use crate::txn::{EngineConfig, Entry};
 
 fn vid(ts: u64) -> VersionId {
@@ -169,71 +168,12 @@ fn old_pins_are_revoked_and_release_nothing_twice() {
     assert_eq!(s.oldest_pin_age(start), None);
 }
 
-/// A memory store whose deletions fail on demand, and whose commits can fail after
-/// writing their versions (leaving orphans).
-#[derive(Default)]
-struct Flaky {
-    inner: MemoryStorage,
-    fail_deletes: AtomicBool,
-    fail_commits: AtomicBool,
-    last_commit: parking_lot::Mutex<Option<VersionId>>,
-}
-
-#[deny(clippy::missing_trait_methods)]
-impl Storage for Flaky {
-    fn name(&self) -> &'static str {
-        "flaky"
-    }
-    fn commit(&self, batch: CommitBatch) -> BoxFuture<'_, Result<CommitOutcome, StorageError>> {
-        Box::pin(async move {
-            if !self.fail_commits.load(Ordering::SeqCst) {
-                return self.inner.commit(batch).await;
-            }
-            let id = batch.record.id;
-            *self.last_commit.lock() = Some(id);
-            self.inner.commit(batch).await?;
-            self.inner.delete(Vec::new(), vec![id]).await?;
-            Err(StorageError::Io("lost the record".into()))
-        })
-    }
-    fn get_versions(
-        &self,
-        keys: Vec<VersionKey>,
-    ) -> BoxFuture<'_, Result<Vec<Option<Bytes>>, StorageError>> {
-        self.inner.get_versions(keys)
-    }
-    fn scan_commits(
-        &self,
-        after: Option<VersionId>,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<CommitRecord>, StorageError>> {
-        self.inner.scan_commits(after, limit)
-    }
-    fn find_idempotent(
-        &self,
-        idempotency_key: Bytes,
-    ) -> BoxFuture<'_, Result<Option<VersionId>, StorageError>> {
-        self.inner.find_idempotent(idempotency_key)
-    }
-    fn delete(
-        &self,
-        versions: Vec<VersionKey>,
-        commits: Vec<VersionId>,
-    ) -> BoxFuture<'_, Result<(), StorageError>> {
-        if self.fail_deletes.load(Ordering::SeqCst) {
-            return Box::pin(async { Err(StorageError::Unavailable("down".into())) });
-        }
-        self.inner.delete(versions, commits)
-    }
-    fn close(&self) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.inner.close()
-    }
-    fn health(&self) -> Result<(), String> {
-        self.inner.health()
-    }
-    fn reclaim_orphans(&self, older_than: Duration) -> BoxFuture<'_, Result<u64, StorageError>> {
-        self.inner.reclaim_orphans(older_than)
-    }
+/// A memory store behind the fault wrapper (deletions that fail, commits left half done).
+fn flaky() -> Arc<FaultyStorage> {
+    Arc::new(FaultyStorage::new(
+        Arc::new(MemoryStorage::new()),
+        FaultConfig::new(1),
+    ))
 }
 
 fn config(retention: Duration) -> EngineConfig {
@@ -284,27 +224,27 @@ async fn records(storage: &dyn Storage) -> Vec<VersionId> {
 
 #[tokio::test]
 async fn failed_deletions_are_retried_and_records_wait_for_their_versions() {
-    let storage = Arc::new(Flaky::default());
+    let storage = flaky();
     let engine = Engine::open(storage.clone(), config(Duration::ZERO))
         .await
         .unwrap();
     let old = set(&engine, "k", "1").await;
     let new = set(&engine, "k", "2").await;
-    storage.fail_deletes.store(true, Ordering::SeqCst);
+    storage.fail_deletes_after(0);
     let report = engine.collect_garbage().await;
     assert_eq!(report.errors, 1);
     assert_eq!(report.commits_deleted, 0);
-    assert!(stored(&storage.inner, "k", old).await);
-    assert_eq!(records(&storage.inner).await, vec![old, new]);
+    assert!(stored(&**storage.inner(), "k", old).await);
+    assert_eq!(records(&**storage.inner()).await, vec![old, new]);
     assert_eq!(engine.commit_of(old.txn), Some(old));
     assert_eq!(engine.gc_gauges().pending_versions, 1);
 
-    storage.fail_deletes.store(false, Ordering::SeqCst);
+    storage.fail_deletes_after(u64::MAX);
     let report = engine.collect_garbage().await;
     assert_eq!((report.versions_deleted, report.commits_deleted), (1, 1));
-    assert!(!stored(&storage.inner, "k", old).await);
-    assert!(stored(&storage.inner, "k", new).await);
-    assert_eq!(records(&storage.inner).await, vec![new]);
+    assert!(!stored(&**storage.inner(), "k", old).await);
+    assert!(stored(&**storage.inner(), "k", new).await);
+    assert_eq!(records(&**storage.inner()).await, vec![new]);
     assert_eq!(engine.commit_of(old.txn), None);
     assert_eq!(engine.commit_of(new.txn), Some(new));
     let stats = engine.stats();
@@ -492,24 +432,23 @@ async fn a_watch_fails_if_the_key_changed_before_it_was_removed() {
 
 #[tokio::test]
 async fn orphan_versions_of_a_failed_commit_are_reclaimed() {
-    let storage = Arc::new(Flaky::default());
+    let storage = flaky();
     let engine = Engine::open(storage.clone(), config(Duration::ZERO))
         .await
         .unwrap();
-    storage.fail_commits.store(true, Ordering::SeqCst);
+    storage.orphan_next_commits(1);
     let mut txn = engine.begin();
     let id = txn.id();
     txn.put(key("k"), Entry::string(key("v")));
     assert!(txn.commit().await.is_err());
-    storage.fail_commits.store(false, Ordering::SeqCst);
-    let version = storage.last_commit.lock().unwrap();
+    let version = storage.last_orphaned().unwrap();
     assert_eq!(version.txn, id);
-    assert!(stored(&storage.inner, "k", version).await);
-    assert!(records(&storage.inner).await.is_empty());
+    assert!(stored(&**storage.inner(), "k", version).await);
+    assert!(records(&**storage.inner()).await.is_empty());
     assert_eq!(engine.gc_gauges().pending_versions, 1);
     let report = engine.collect_garbage().await;
     assert_eq!(report.versions_deleted, 1);
-    assert!(!stored(&storage.inner, "k", version).await);
+    assert!(!stored(&**storage.inner(), "k", version).await);
     assert_eq!(engine.commit_of(id), None);
 }
 
