@@ -12,6 +12,7 @@ use aft::config::Config;
 use aft::node::{self, Node};
 use aft::server;
 use aft::storage::redis::{RedisOptions, RedisStorage};
+use aft::storage::testkit::fault::{FaultConfig, FaultyStorage};
 use aft::storage::Storage;
 use aft::txn::{Engine, EngineConfig};
 use tokio::net::TcpListener;
@@ -52,6 +53,39 @@ pub fn test_backend() -> String {
     std::env::var("AFT_TEST_BACKEND").unwrap_or_else(|_| "memory".into())
 }
 
+/// Points `config` at the test backend (see [`test_backend`]), started for it if it needs a
+/// process or an emulator of its own; the guard keeps that alive.
+async fn test_backend_for(config: &mut Config) -> BackendGuard {
+    match test_backend().as_str() {
+        "memory" => {
+            config.backend = "memory".into();
+            BackendGuard::None
+        }
+        "dynamodb" => {
+            let emulator = Emulator::start().await;
+            config.backend = emulator.url("aft");
+            BackendGuard::Emulator(emulator)
+        }
+        "redis" => {
+            let redis = tokio::task::spawn_blocking(RedisServer::start)
+                .await
+                .expect("start redis-server");
+            config.backend = format!("redis://127.0.0.1:{}", redis.port);
+            BackendGuard::Redis(redis)
+        }
+        "redis-cluster" => {
+            let cluster = tokio::task::spawn_blocking(shared_cluster)
+                .await
+                .expect("start the redis cluster");
+            config.backend = cluster.url(&format!("?prefix={}", unique_prefix()));
+            BackendGuard::RedisCluster(cluster)
+        }
+        other => {
+            panic!("AFT_TEST_BACKEND={other}: expected memory, dynamodb, redis or redis-cluster")
+        }
+    }
+}
+
 impl TestServer {
     /// A server over the test backend (see [`test_backend`]) with default configuration.
     pub async fn start() -> TestServer {
@@ -61,38 +95,25 @@ impl TestServer {
     /// A server over the test backend (see [`test_backend`]) with `config` (its `backend`
     /// is replaced by the test backend's), opened as `aft serve` opens one.
     pub async fn with_config(mut config: Config) -> TestServer {
-        let guard = match test_backend().as_str() {
-            "memory" => {
-                config.backend = "memory".into();
-                BackendGuard::None
-            }
-            "dynamodb" => {
-                let emulator = Emulator::start().await;
-                config.backend = emulator.url("aft");
-                BackendGuard::Emulator(emulator)
-            }
-            "redis" => {
-                let redis = tokio::task::spawn_blocking(RedisServer::start)
-                    .await
-                    .expect("start redis-server");
-                config.backend = format!("redis://127.0.0.1:{}", redis.port);
-                BackendGuard::Redis(redis)
-            }
-            "redis-cluster" => {
-                let cluster = tokio::task::spawn_blocking(shared_cluster)
-                    .await
-                    .expect("start the redis cluster");
-                config.backend = cluster.url(&format!("?prefix={}", unique_prefix()));
-                BackendGuard::RedisCluster(cluster)
-            }
-            other => panic!(
-                "AFT_TEST_BACKEND={other}: expected memory, dynamodb, redis or redis-cluster"
-            ),
-        };
+        let guard = test_backend_for(&mut config).await;
         let engine = node::open_engine(&config).await.expect("open the backend");
         let mut server = Self::with_engine(engine, config).await;
         server._backend = guard;
         server
+    }
+
+    /// Like [`TestServer::with_config`], with the test backend behind the fault wrapper
+    /// (no random faults: the test injects them on demand).
+    pub async fn with_faults(mut config: Config) -> (TestServer, Arc<FaultyStorage>) {
+        let guard = test_backend_for(&mut config).await;
+        let (storage, engine) = node::open_storage(&config).await.expect("open the backend");
+        let faults = Arc::new(FaultyStorage::new(storage, FaultConfig::new(1)));
+        let engine = Engine::open(faults.clone(), engine)
+            .await
+            .expect("open engine");
+        let mut server = Self::with_engine(engine, config).await;
+        server._backend = guard;
+        (server, faults)
     }
 
     /// A server over the embedded backend in `dir` (fsync off), opened as `aft serve`

@@ -8,6 +8,7 @@ mod core_props;
 mod crash;
 mod differential;
 mod dynamodb;
+mod faults;
 mod gc;
 mod harness;
 mod interactive;

@@ -336,6 +336,35 @@ fn config_get_appendonly_reports_the_embedded_backends_fsync() {
     }
 }
 
+/// Each backend says what it vouches for: DynamoDB acknowledges durable writes, memory keeps
+/// nothing, and a Redis backend's durability is that Redis's own configuration.
+#[tokio::test]
+async fn config_get_appendonly_follows_the_test_backend() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let expected = match crate::harness::test_backend().as_str() {
+        "dynamodb" => ("yes", "always"),
+        _ => ("no", "everysec"),
+    };
+    let got: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("append*")
+        .query_async::<Vec<String>>(&mut c)
+        .await
+        .expect("CONFIG GET");
+    let value = |name: &str| {
+        got.chunks(2)
+            .find(|p| p[0] == name)
+            .map(|p| p[1].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        (value("appendonly").as_str(), value("appendfsync").as_str()),
+        expected
+    );
+    server.stop().await;
+}
+
 // ---- INFO memory ----
 
 #[tokio::test]
