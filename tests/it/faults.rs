@@ -6,20 +6,8 @@
 use std::time::Duration;
 
 use aft::config::Config;
-use redis::aio::MultiplexedConnection;
 
-use crate::harness::TestServer;
-
-async fn query<T: redis::FromRedisValue>(
-    con: &mut MultiplexedConnection,
-    args: &[&str],
-) -> redis::RedisResult<T> {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query_async(con).await
-}
+use crate::harness::{query, TestServer};
 
 fn info_field(info: &str, name: &str) -> u64 {
     info.lines()

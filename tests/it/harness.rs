@@ -296,3 +296,15 @@ pub async fn connect_patient(
         .get_multiplexed_async_connection_with_config(&config)
         .await
 }
+
+/// Sends `args` (a command and its arguments) and decodes the reply.
+pub async fn query<T: redis::FromRedisValue>(
+    con: &mut redis::aio::MultiplexedConnection,
+    args: &[&str],
+) -> redis::RedisResult<T> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(con).await
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 
-use crate::harness::{Process, RedisServer};
+use crate::harness::{query, Process, RedisServer};
 
 const WRITERS: usize = 4;
 const READERS: usize = 2;
@@ -390,17 +390,6 @@ fn stall(port: u16, secs: &str) -> std::thread::JoinHandle<()> {
     // Let the command reach Redis before the caller sends its own.
     std::thread::sleep(Duration::from_millis(150));
     handle
-}
-
-async fn query<T: redis::FromRedisValue>(
-    con: &mut MultiplexedConnection,
-    args: &[&str],
-) -> redis::RedisResult<T> {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query_async(con).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
