@@ -220,26 +220,48 @@ impl DynamoDbStorage {
                 return Ok(());
             }
             bump(&self.counters.unprocessed_items, unprocessed.len() as u64);
-            if unprocessed.len() >= pending.len() {
-                stalled += 1;
-                if stalled >= self.max_attempts {
-                    bump(&self.counters.exhausted, 1);
-                    return Err(StorageError::Unavailable(Failure::new(
-                        BACKEND,
-                        format!(
-                            "BatchWriteItem left {} items unprocessed after {} attempts",
-                            unprocessed.len(),
-                            self.max_attempts
-                        ),
-                    )));
-                }
-            } else {
-                stalled = 0;
-            }
-            bump(&self.counters.retries, 1);
-            tokio::time::sleep(self.backoff(stalled.max(1))).await;
+            let progress = unprocessed.len() < pending.len();
+            self.next_pass(
+                "BatchWriteItem",
+                "items",
+                &mut stalled,
+                progress,
+                unprocessed.len(),
+            )
+            .await?;
             pending = unprocessed;
         }
+    }
+
+    /// Between two passes of a batch call that left `left` entries unprocessed: counts
+    /// the passes in a row that made no `progress`, gives up once `max_attempts` did, and
+    /// otherwise backs off before the next pass.
+    async fn next_pass(
+        &self,
+        call: &str,
+        what: &str,
+        stalled: &mut u32,
+        progress: bool,
+        left: usize,
+    ) -> Result<(), StorageError> {
+        if progress {
+            *stalled = 0;
+        } else {
+            *stalled += 1;
+            if *stalled >= self.max_attempts {
+                bump(&self.counters.exhausted, 1);
+                return Err(StorageError::Unavailable(Failure::new(
+                    BACKEND,
+                    format!(
+                        "{call} left {left} {what} unprocessed after {} attempts",
+                        self.max_attempts
+                    ),
+                )));
+            }
+        }
+        bump(&self.counters.retries, 1);
+        tokio::time::sleep(self.backoff((*stalled).max(1))).await;
+        Ok(())
     }
 
     /// Reads `keys` (consistently) with `BatchGetItem`, 100 per request and several requests
@@ -283,24 +305,14 @@ impl DynamoDbStorage {
                 return Ok(found);
             }
             bump(&self.counters.unprocessed_keys, unprocessed.len() as u64);
-            if progress {
-                stalled = 0;
-            } else {
-                stalled += 1;
-                if stalled >= self.max_attempts {
-                    bump(&self.counters.exhausted, 1);
-                    return Err(StorageError::Unavailable(Failure::new(
-                        BACKEND,
-                        format!(
-                            "BatchGetItem left {} keys unprocessed after {} attempts",
-                            unprocessed.len(),
-                            self.max_attempts
-                        ),
-                    )));
-                }
-            }
-            bump(&self.counters.retries, 1);
-            tokio::time::sleep(self.backoff(stalled.max(1))).await;
+            self.next_pass(
+                "BatchGetItem",
+                "keys",
+                &mut stalled,
+                progress,
+                unprocessed.len(),
+            )
+            .await?;
             pending = unprocessed;
         }
     }

@@ -32,6 +32,8 @@ pub(super) struct FaultApi {
     pub(super) throttle_next: AtomicU64,
     pub(super) lose_replies: AtomicU64,
     pub(super) half_unprocessed: AtomicBool,
+    /// Every batch is answered entirely unprocessed (no progress at all).
+    pub(super) all_unprocessed: AtomicBool,
     pub(super) hold: parking_lot::Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
 }
 
@@ -45,6 +47,7 @@ impl FaultApi {
             throttle_next: AtomicU64::new(0),
             lose_replies: AtomicU64::new(0),
             half_unprocessed: AtomicBool::new(false),
+            all_unprocessed: AtomicBool::new(false),
             hold: parking_lot::Mutex::new(None),
         })
     }
@@ -84,6 +87,19 @@ impl FaultApi {
         }
         Ok(())
     }
+
+    /// Takes off `batch` what is to be answered as unprocessed: all of it with
+    /// `all_unprocessed` set, the second half of a batch of two or more with
+    /// `half_unprocessed`.
+    fn keep_back<T>(&self, batch: &mut Vec<T>) -> Vec<T> {
+        if self.all_unprocessed.load(Ordering::SeqCst) {
+            std::mem::take(batch)
+        } else if self.half_unprocessed.load(Ordering::SeqCst) && batch.len() > 1 {
+            batch.split_off(batch.len() / 2)
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 impl Api for FaultApi {
@@ -93,11 +109,10 @@ impl Api for FaultApi {
     ) -> BoxFuture<'_, Result<Vec<WriteRequest>, CallError>> {
         Box::pin(async move {
             self.before(Call::BatchWrite)?;
-            let kept = if self.half_unprocessed.load(Ordering::SeqCst) && requests.len() > 1 {
-                requests.split_off(requests.len() / 2)
-            } else {
-                Vec::new()
-            };
+            let kept = self.keep_back(&mut requests);
+            if requests.is_empty() {
+                return Ok(kept);
+            }
             let mut unprocessed = self.inner.batch_write(requests).await?;
             unprocessed.extend(kept);
             Ok(unprocessed)
@@ -111,11 +126,10 @@ impl Api for FaultApi {
     ) -> BoxFuture<'_, Result<Fetched, CallError>> {
         Box::pin(async move {
             self.before(Call::BatchGet)?;
-            let kept = if self.half_unprocessed.load(Ordering::SeqCst) && keys.len() > 1 {
-                keys.split_off(keys.len() / 2)
-            } else {
-                Vec::new()
-            };
+            let kept = self.keep_back(&mut keys);
+            if keys.is_empty() {
+                return Ok((Vec::new(), kept));
+            }
             let (found, mut unprocessed) = self.inner.batch_get(keys, projection).await?;
             unprocessed.extend(kept);
             Ok((found, unprocessed))

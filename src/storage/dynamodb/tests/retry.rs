@@ -22,6 +22,41 @@ async fn unprocessed_items_and_keys_are_sent_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_that_make_no_progress_give_up_after_the_attempts() {
+    let (s, _emulator) = open(Limits::default()).await;
+    let (f, faults) = faulty(&s, Limits::default(), 3);
+    let id = vid(7, 7);
+    conformance::commit_ok(&f, big_batch(id, 30, None)).await;
+    faults.all_unprocessed.store(true, Ordering::SeqCst);
+    let read = f
+        .get_versions(
+            (0..30)
+                .map(|i| vkey(format!("key-{i}").as_bytes(), id))
+                .collect(),
+        )
+        .await;
+    assert!(
+        matches!(&read, Err(StorageError::Unavailable(m))
+            if m.message().contains("BatchGetItem left 30 keys unprocessed after 3 attempts")),
+        "{read:?}"
+    );
+    let stats = f.stats();
+    assert_eq!((stats.retries, stats.exhausted), (2, 1), "{stats:?}");
+    // Too large for one transaction: written in batches.
+    let commit = f.commit(big_batch(vid(8, 8), 300, None)).await;
+    assert!(
+        matches!(&commit, Err(StorageError::Unavailable(m))
+            if m.message().contains("BatchWriteItem left")
+                && m.message().contains("items unprocessed after 3 attempts")),
+        "{commit:?}"
+    );
+    // Half of every batch goes through: progress, however slow, is not given up on.
+    faults.all_unprocessed.store(false, Ordering::SeqCst);
+    faults.half_unprocessed.store(true, Ordering::SeqCst);
+    assert!(read_all(&f, id, 30).await.iter().all(Option::is_some));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_is_retried_counted_then_reported() {
     let (s, _emulator) = open(Limits::default()).await;
     let (f, faults) = faulty(&s, Limits::default(), 4);
