@@ -22,7 +22,7 @@ lint:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items
 
 # Integration-test modules that do not use AFT_TEST_BACKEND (their own backends, or none).
-NOT_ON_BACKEND = --skip crash:: --skip recovery:: --skip redis_backend:: --skip core_props:: --skip gc:: --skip isolation::
+NOT_ON_BACKEND = --skip crash:: --skip recovery:: --skip redis_backend:: --skip core_props:: --skip gc:: --skip isolation:: --skip nodes::
 
 ## Unit and integration tests (real sockets, real redis-server for comparisons), then the
 ## integration tests again with aft on DynamoDB (an emulator inside the test process), on

@@ -13,6 +13,7 @@ mod gc;
 mod harness;
 mod interactive;
 mod isolation;
+mod nodes;
 mod ops;
 mod recovery;
 mod redis_backend;
