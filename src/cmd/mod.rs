@@ -39,6 +39,8 @@ pub enum ParseError {
     Unknown(Bytes),
     /// Wrong number of arguments.
     Arity(&'static str),
+    /// A command Redis refuses inside MULTI (SAVE, SHUTDOWN).
+    NotInMulti,
 }
 
 impl ParseError {
@@ -49,6 +51,7 @@ impl ParseError {
             ParseError::Arity(name) => Reply::error(format!(
                 "ERR wrong number of arguments for '{name}' command"
             )),
+            ParseError::NotInMulti => Reply::error("ERR Command not allowed inside a transaction"),
         }
     }
 }

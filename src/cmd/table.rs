@@ -108,9 +108,10 @@ impl CommandSpec {
         }
     }
 
-    /// Whether the command changes data.
-    pub fn is_write(&self) -> bool {
-        self.flags.contains(&"write")
+    /// Whether Redis refuses the command inside MULTI (flag `no_multi`): it replies
+    /// `ERR Command not allowed inside a transaction` and the transaction is aborted.
+    pub fn no_multi(&self) -> bool {
+        self.flags.contains(&"no_multi")
     }
 
     /// Whether the command reads or writes keys (runs inside a transaction), as opposed to
@@ -248,6 +249,8 @@ const NS: &[&str] = &[
     "allow_busy",
 ];
 const A: &[&str] = &["admin", "noscript", "loading", "stale"];
+/// SAVE and SHUTDOWN: administrative, and refused inside MULTI.
+const AN: &[&str] = &["admin", "noscript", "loading", "stale", "no_multi"];
 /// MULTI, DISCARD, WATCH, UNWATCH.
 const TX: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 
@@ -349,8 +352,8 @@ pub static COMMANDS: &[CommandSpec] = &[
         (0, 0, 0),
         LastSave
     ),
-    spec!("save", 1, A, (0, 0, 0), Save),
-    spec!("shutdown", -1, A, (0, 0, 0), Shutdown),
+    spec!("save", 1, AN, (0, 0, 0), Save),
+    spec!("shutdown", -1, AN, (0, 0, 0), Shutdown),
     spec!("aft.begin", -1, &["noscript", "fast"], (0, 0, 0), AftBegin),
     spec!("aft.commit", 1, &["noscript"], (0, 0, 0), AftCommit),
     spec!("aft.abort", 1, &["noscript", "fast"], (0, 0, 0), AftAbort),

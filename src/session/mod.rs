@@ -114,8 +114,11 @@ impl Session {
         };
         if !spec.arity_ok(args.len()) {
             if spec.id == Id::Exec {
-                // Redis rejects a malformed EXEC by aborting the transaction.
-                self.mode = Mode::Normal;
+                // Redis rejects a malformed EXEC by aborting the transaction (in MULTI or
+                // not). An attached AFT transaction is not a MULTI block: it stays attached.
+                if matches!(self.mode, Mode::Multi(_)) {
+                    self.mode = Mode::Normal;
+                }
                 self.watches.clear();
                 return err("EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' command");
             }
@@ -125,6 +128,9 @@ impl Session {
             && !matches!(spec.id, Id::Auth | Id::Hello | Id::Quit | Id::Reset)
         {
             return err("NOAUTH Authentication required.");
+        }
+        if spec.no_multi() && matches!(self.mode, Mode::Multi(_)) {
+            return self.queue_error(ParseError::NotInMulti);
         }
         let command = cmd::parse_known(spec, args);
         self.execute(spec, command).await
@@ -288,17 +294,28 @@ impl Session {
                 break outcome;
             }
         };
-        match ran {
+        let mut replies = match ran {
             Ok(replies) => replies,
-            Err(TxnError::WatchFailed) => Reply::NilArray,
-            Err(e) => txn_error_reply(&e),
+            Err(e) => return txn_error_reply(&e),
+        };
+        // Connection and server commands act once, and only if the transaction committed
+        // (as in Redis, where an aborted EXEC runs none of its commands).
+        for (command, reply) in multi.queue.iter().zip(&mut replies) {
+            match command {
+                Command::Connection(c) => *reply = self.connection(c.clone()),
+                Command::Server(c) => *reply = c.apply(&self.node, &mut self.client),
+                _ => {}
+            }
         }
+        Reply::Array(replies)
     }
 }
 
 impl Session {
-    /// Runs the queued commands of a MULTI block in `txn`; the replies, as EXEC returns them.
-    async fn exec_once(&mut self, queue: &[Command], txn: &mut Txn) -> Result<Reply, TxnError> {
+    /// Runs the data commands queued in a MULTI block in `txn` (it may run again after a
+    /// conflict); their replies, in queue order, with a placeholder for each connection or
+    /// server command, which [`Session::exec`] runs once the transaction committed.
+    async fn exec_once(&self, queue: &[Command], txn: &mut Txn) -> Result<Vec<Reply>, TxnError> {
         let keys = queue.iter().flat_map(|c| match c {
             Command::Data(d) => d.value_keys(),
             _ => &[],
@@ -308,8 +325,7 @@ impl Session {
         for command in queue {
             replies.push(match command {
                 Command::Data(c) => apply(c, txn).await?,
-                Command::Connection(c) => self.connection(c.clone()),
-                Command::Server(c) => c.apply(&self.node, &mut self.client),
+                Command::Connection(_) | Command::Server(_) => Reply::Nil,
                 Command::Txn(TxnCmd::Unwatch) => Reply::ok(),
                 Command::Txn(TxnCmd::Idempotent(key)) => {
                     txn.set_idempotency_key(key.clone());
@@ -323,7 +339,7 @@ impl Session {
                 Command::Invalid(reply) => reply.clone(),
             });
         }
-        Ok(Reply::Array(replies))
+        Ok(replies)
     }
 }
 

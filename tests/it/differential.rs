@@ -362,6 +362,31 @@ const SCRIPTS: &[&[&str]] = &[
         "EXEC",
         "GET a",
     ],
+    // Connection and server commands queued in MULTI run only if EXEC commits.
+    &[
+        "WATCH w",
+        "SET w 1",
+        "MULTI",
+        "CLIENT SETNAME inmulti",
+        "SET x 1",
+        "EXEC",
+        "CLIENT GETNAME",
+        "GET x",
+        "MULTI",
+        "CLIENT SETNAME committed",
+        "ECHO e",
+        "EXEC",
+        "CLIENT GETNAME",
+        "MULTI",
+        "SAVE",
+        "SET x 2",
+        "EXEC",
+        "GET x",
+        "MULTI",
+        "SHUTDOWN NOSAVE",
+        "EXEC",
+        "PING",
+    ],
 ];
 
 #[tokio::test]

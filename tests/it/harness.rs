@@ -308,3 +308,18 @@ pub async fn query<T: redis::FromRedisValue>(
     }
     cmd.query_async(con).await
 }
+
+/// The reply to `args` as text, for asserting on: a string's text, an integer's digits,
+/// `OK`, `(nil)`, `error: …` for an error, and the `Debug` form of anything else.
+pub async fn text(con: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> String {
+    use redis::Value;
+    match query::<Value>(con, args).await {
+        Ok(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Ok(Value::SimpleString(s)) | Ok(Value::VerbatimString { text: s, .. }) => s,
+        Ok(Value::Okay) => "OK".into(),
+        Ok(Value::Nil) => "(nil)".into(),
+        Ok(Value::Int(i)) => i.to_string(),
+        Ok(other) => format!("{other:?}"),
+        Err(e) => format!("error: {e}"),
+    }
+}

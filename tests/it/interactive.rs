@@ -4,36 +4,32 @@
 use std::time::Duration;
 
 use aft::config::Config;
-use redis::aio::MultiplexedConnection;
 use redis::{RedisResult, Value};
 
-use crate::harness::TestServer;
-
-async fn cmd(c: &mut MultiplexedConnection, args: &[&str]) -> RedisResult<Value> {
-    let mut command = redis::cmd(args[0]);
-    for a in &args[1..] {
-        command.arg(*a);
-    }
-    command.query_async(c).await
-}
-
-async fn text(c: &mut MultiplexedConnection, args: &[&str]) -> String {
-    match cmd(c, args).await {
-        Ok(Value::BulkString(b)) => String::from_utf8(b).unwrap(),
-        Ok(Value::SimpleString(s)) | Ok(Value::VerbatimString { text: s, .. }) => s,
-        Ok(Value::Okay) => "OK".into(),
-        Ok(Value::Nil) => "(nil)".into(),
-        Ok(Value::Int(i)) => i.to_string(),
-        Ok(other) => format!("{other:?}"),
-        Err(e) => format!("error: {e}"),
-    }
-}
+use crate::harness::{query, text, TestServer};
 
 fn info_field(info: &str, field: &str) -> u64 {
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in INFO"))
+}
+
+#[tokio::test]
+async fn a_malformed_exec_leaves_an_attached_transaction_attached() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let mut observer = server.client().await;
+    text(&mut c, &["AFT.BEGIN"]).await;
+    assert_eq!(text(&mut c, &["SET", "k", "v"]).await, "OK");
+    let e = text(&mut c, &["EXEC", "x"]).await;
+    assert!(e.contains("wrong number of arguments for 'exec'"), "{e}");
+    // Still inside the transaction: this write is buffered with the first.
+    assert_eq!(text(&mut c, &["SET", "k2", "v2"]).await, "OK");
+    assert_eq!(text(&mut observer, &["GET", "k2"]).await, "(nil)");
+    assert_eq!(text(&mut c, &["AFT.COMMIT"]).await, "OK");
+    let both: Vec<Option<String>> = query(&mut observer, &["MGET", "k", "k2"]).await.unwrap();
+    assert_eq!(both, vec![Some("v".into()), Some("v2".into())]);
 }
 
 #[tokio::test]
