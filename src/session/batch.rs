@@ -25,8 +25,8 @@ impl Session {
     /// Consecutive data commands outside MULTI and interactive transactions are run as
     /// one transaction with one commit: each still gets its own reply, errors included, and
     /// the result is the same as running them one after the other with no other commit in
-    /// between: reads that follow the group's first write are validated at commit. It saves a backend round trip per write. Stops
-    /// early after QUIT or SHUTDOWN.
+    /// between: reads that follow the group's first write are validated at commit. It saves
+    /// a backend round trip per write. Stops early after QUIT or SHUTDOWN.
     pub async fn handle_batch(
         &mut self,
         requests: &mut VecDeque<Vec<Bytes>>,
@@ -97,7 +97,7 @@ impl Session {
     /// follow them take effect together at commit. A losing group is re-run (its client
     /// saw nothing). The transaction ends early — leaving the rest pending — before a
     /// keyspace-wide read (KEYS, SCAN, RANDOMKEY, DBSIZE) that follows a write (it cannot be
-    /// validated key by key), and once its replies reach `flush_at` bytes.
+    /// validated key by key), and once `out` holds `flush_at` bytes.
     async fn run_group(&mut self, out: &mut BytesMut, flush_at: usize) {
         let mut group = std::mem::take(&mut self.group);
         if let [Command::Data(single)] = group.make_contiguous() {
@@ -107,14 +107,16 @@ impl Session {
             return;
         }
         let protocol = self.client.protocol;
+        // The group's replies go straight into `out`, from here; an attempt that must run
+        // again takes its replies back.
+        let start = out.len();
         let mut ran;
-        let mut replies = BytesMut::new();
         let mut runner = Runner::new(&self.node.engine, None);
         let result = loop {
             let mut txn = runner.begin();
             txn.validate_reads_after_writes();
             ran = 0;
-            replies.clear();
+            out.truncate(start);
             let body = async {
                 let keys = group.iter().flat_map(|c| match c {
                     Command::Data(d) => d.value_keys(),
@@ -122,7 +124,7 @@ impl Session {
                 });
                 txn.prefetch(keys).await?;
                 for command in group.iter() {
-                    if ran > 0 && replies.len() >= flush_at {
+                    if ran > 0 && out.len() >= flush_at {
                         break;
                     }
                     let reply = match command {
@@ -136,7 +138,7 @@ impl Session {
                         // `handle_batch` runs these itself, between groups.
                         _ => err("ERR internal error: not a data command"),
                     };
-                    reply.encode(protocol, &mut replies);
+                    reply.encode(protocol, out);
                     ran += 1;
                 }
                 Ok::<_, TxnError>(())
@@ -149,14 +151,14 @@ impl Session {
         if let Err(e) = result {
             // Every command of the failed attempt gets the error; the rest run next.
             ran = ran.clamp(1, group.len());
-            replies.clear();
+            out.truncate(start);
+            let reply = txn_error_reply(&e);
             for _ in 0..ran {
-                txn_error_reply(&e).encode(protocol, &mut replies);
+                reply.encode(protocol, out);
             }
         }
         self.node.commands.fetch_add(ran as u64, Ordering::Relaxed);
         group.drain(..ran);
         self.group = group;
-        out.extend_from_slice(&replies);
     }
 }

@@ -136,8 +136,9 @@ pub struct Engine {
     /// Keys under WATCH by some connection -> number of watchers. Garbage collection does
     /// not remove a watched key from the index, so that its latest version only grows.
     pub(super) watched: Mutex<HashMap<Bytes, usize>>,
-    /// Woken whenever a commit is published, for transactions waiting to retry.
-    pub(super) published: tokio::sync::Notify,
+    /// Woken whenever keys reserved by a commit are released (it was published, failed or
+    /// settled) or a FLUSHALL's window closes, for transactions waiting to retry.
+    pub(super) released: tokio::sync::Notify,
     /// Set by [`Engine::close`]: unresolved commits stop being retried.
     pub(super) closing: AtomicBool,
     /// Wakes the tasks resolving unknown outcomes when the engine closes.
@@ -166,7 +167,7 @@ impl Engine {
             gc: Collector::new(config.idempotency_retention, config.status_retention),
             inflight: Mutex::new(Inflight::default()),
             watched: Mutex::new(HashMap::new()),
-            published: tokio::sync::Notify::new(),
+            released: tokio::sync::Notify::new(),
             closing: AtomicBool::new(false),
             resolvers_stop: Arc::new(tokio::sync::Notify::new()),
             unresolved: AtomicU64::new(0),
@@ -269,9 +270,10 @@ impl Engine {
         Txn::new(self.clone(), new_txn_id(), now_ms)
     }
 
-    /// Waits until some commit is published, or `timeout` passes.
-    pub async fn wait_for_publication(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.published.notified()).await;
+    /// Waits until some commit releases the keys it reserved (or a FLUSHALL its window), or
+    /// `timeout` passes.
+    pub async fn wait_for_release(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.released.notified()).await;
     }
 
     /// Pins the current snapshot for a transaction whose clock is `clock`.
@@ -288,7 +290,7 @@ impl Engine {
     pub(super) fn release(&self, pin: Option<Pin>, now_ms: u64) {
         self.snapshots
             .lock()
-            .release(pin.map(|p| (p.seq, p.ticket)), now_ms);
+            .release(pin.map(|p| p.ticket), now_ms);
     }
 
     /// Makes a durable commit visible: every version at one new sequence number. The commit
@@ -334,20 +336,23 @@ impl Engine {
                 .lock()
                 .discard(dropped, std::time::Instant::now());
         }
-        self.published.notify_waiters();
     }
 
-    /// Removes `keys` from the in-flight set (one reservation each).
+    /// Removes `keys` from the in-flight set (one reservation each), and wakes the
+    /// transactions waiting to retry.
     pub(super) fn release_inflight(&self, keys: &[Bytes]) {
-        let mut inflight = self.inflight.lock();
-        for key in keys {
-            if let Some(n) = inflight.keys.get_mut(key) {
-                *n -= 1;
-                if *n == 0 {
-                    inflight.keys.remove(key);
+        {
+            let mut inflight = self.inflight.lock();
+            for key in keys {
+                if let Some(n) = inflight.keys.get_mut(key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        inflight.keys.remove(key);
+                    }
                 }
             }
         }
+        self.released.notify_waiters();
     }
 
     /// Applies the backend's answer to a commit, the first attempt's or a resolver's:
@@ -470,6 +475,7 @@ pub(super) struct FlushGuard(pub(super) Arc<Engine>);
 impl Drop for FlushGuard {
     fn drop(&mut self) {
         self.0.inflight.lock().flushing -= 1;
+        self.0.released.notify_waiters();
     }
 }
 

@@ -103,10 +103,9 @@ async fn settle(weak: Weak<Engine>, unresolved: Unresolved) {
                 "commit of unknown outcome settled: not committed"
             );
         }
+        // Waiters on the fence retry now, not at their next timeout.
         engine.release_inflight(&keys);
         engine.unresolved.fetch_sub(1, Ordering::Relaxed);
-        // Waiters on the fence retry now, not at their next timeout.
-        engine.published.notify_waiters();
         return;
     }
 }

@@ -6,8 +6,9 @@
 //! * **Commit rule**: the body runs in a fresh [`Txn`]; then the transaction commits (with the
 //!   watched keys, if any): validation of what it read, then its writes, if any.
 //! * **Retry policy**: a transaction that lost a write conflict or whose snapshot was revoked
-//!   ([`TxnError::is_retryable`]) runs again from scratch, after the next publication (or
-//!   [`RETRY_WAIT`]), for up to [`CONFLICT_RETRY_LIMIT`]; then the error is returned. A watch
+//!   ([`TxnError::is_retryable`]) runs again from scratch (after a conflict, once some commit
+//!   released its keys, or after [`RETRY_WAIT`]), for up to [`CONFLICT_RETRY_LIMIT`] from the
+//!   first retry; then the error is returned. A watch
 //!   failure is returned at once (EXEC replies null).
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use super::{Engine, Txn, TxnError, Watches};
 /// gets the conflict error.
 pub const CONFLICT_RETRY_LIMIT: Duration = Duration::from_secs(10);
 
-/// Longest wait for a publication between two attempts.
+/// Longest wait for a release of reserved keys between two attempts.
 pub const RETRY_WAIT: Duration = Duration::from_millis(5);
 
 /// Runs a transaction body until it commits. A call site loops:
@@ -35,18 +36,19 @@ pub const RETRY_WAIT: Duration = Duration::from_millis(5);
 /// };
 /// ```
 pub struct Runner<'w> {
-    engine: Arc<Engine>,
+    engine: &'w Arc<Engine>,
     watches: Option<&'w Watches>,
-    deadline: Instant,
+    /// Set at the first retry: most transactions never need it.
+    deadline: Option<Instant>,
 }
 
 impl<'w> Runner<'w> {
     /// A runner of transactions on `engine`, committed with `watches` (EXEC after WATCH).
-    pub fn new(engine: &Arc<Engine>, watches: Option<&'w Watches>) -> Self {
+    pub fn new(engine: &'w Arc<Engine>, watches: Option<&'w Watches>) -> Self {
         Runner {
-            engine: engine.clone(),
+            engine,
             watches,
-            deadline: Instant::now() + CONFLICT_RETRY_LIMIT,
+            deadline: None,
         }
     }
 
@@ -57,7 +59,9 @@ impl<'w> Runner<'w> {
 
     /// Ends an attempt whose body returned `body`: commits `txn` if the body succeeded,
     /// then returns the outcome — or `None` if the attempt lost a conflict (or its snapshot
-    /// was revoked) and must run again, after waiting for the next publication.
+    /// was revoked) and must run again. After a conflict it first waits until some commit
+    /// releases its keys (or [`RETRY_WAIT`] passes): the conflict may be a key still
+    /// reserved by a commit in flight. A revoked snapshot is retried at once.
     pub async fn finish<T>(
         &mut self,
         txn: Txn,
@@ -75,8 +79,15 @@ impl<'w> Runner<'w> {
             }
         };
         match outcome {
-            Err(e) if e.is_retryable() && Instant::now() < self.deadline => {
-                self.engine.wait_for_publication(RETRY_WAIT).await;
+            Err(e) if e.is_retryable() => {
+                let now = Instant::now();
+                let deadline = *self.deadline.get_or_insert(now + CONFLICT_RETRY_LIMIT);
+                if now >= deadline {
+                    return Some(Err(e));
+                }
+                if matches!(e, TxnError::Conflict) {
+                    self.engine.wait_for_release(RETRY_WAIT).await;
+                }
                 None
             }
             done => Some(done),

@@ -134,6 +134,26 @@ async fn watch_passes_when_nothing_changed() {
 }
 
 #[tokio::test]
+async fn orphans_are_not_reclaimed_while_a_commit_is_being_settled() {
+    let (engine, storage) = faulty_engine().await;
+    set(&engine, "c", "10").await;
+    storage.lose_next_replies(1);
+    assert!(incr(&engine, "c").await.is_err());
+    storage.refuse_commits(true);
+    let before = storage.stats().reclaims;
+    engine.collect_garbage().await;
+    assert_eq!(engine.unresolved_commits(), 1);
+    assert_eq!(storage.stats().reclaims, before, "reclaimed while settling");
+    storage.refuse_commits(false);
+    eventually("the commit is settled", async || {
+        engine.unresolved_commits() == 0
+    })
+    .await;
+    engine.collect_garbage().await;
+    assert_eq!(storage.stats().reclaims, before + 1);
+}
+
+#[tokio::test]
 async fn a_commit_of_unknown_outcome_is_settled_and_fences_its_keys_meanwhile() {
     let (engine, storage) = faulty_engine().await;
     set(&engine, "c", "10").await;

@@ -92,6 +92,8 @@ pub struct FaultStats {
     pub failed_reads: u64,
     /// Calls refused because the store had crashed.
     pub refused_after_crash: u64,
+    /// `reclaim_orphans` calls (faults or not).
+    pub reclaims: u64,
 }
 
 /// Marks a [`FaultyStorage`] as crashed; clonable and usable from any task or thread.
@@ -121,6 +123,7 @@ pub struct FaultyStorage {
     lost_replies: AtomicU64,
     failed_reads: AtomicU64,
     refused_after_crash: AtomicU64,
+    reclaims: AtomicU64,
     /// Commits still to lose the reply of ([`FaultyStorage::lose_next_replies`]).
     lose_next: AtomicU64,
     /// Commits still to drop unapplied, reported as unknown ([`FaultyStorage::drop_next_requests`]).
@@ -192,6 +195,7 @@ impl FaultyStorage {
             lost_replies: AtomicU64::new(0),
             failed_reads: AtomicU64::new(0),
             refused_after_crash: AtomicU64::new(0),
+            reclaims: AtomicU64::new(0),
             lose_next: AtomicU64::new(0),
             drop_next: AtomicU64::new(0),
             orphan_next: AtomicU64::new(0),
@@ -295,6 +299,7 @@ impl FaultyStorage {
             lost_replies: self.lost_replies.load(Ordering::Relaxed),
             failed_reads: self.failed_reads.load(Ordering::Relaxed),
             refused_after_crash: self.refused_after_crash.load(Ordering::Relaxed),
+            reclaims: self.reclaims.load(Ordering::Relaxed),
         }
     }
 
@@ -495,6 +500,7 @@ impl Storage for FaultyStorage {
 
     fn reclaim_orphans(&self, older_than: Duration) -> BoxFuture<'_, Result<u64, StorageError>> {
         Box::pin(async move {
+            self.reclaims.fetch_add(1, Ordering::Relaxed);
             self.refuse_if_crashed()?;
             let result = self.inner.reclaim_orphans(older_than).await;
             self.reply(result)

@@ -81,9 +81,9 @@ pub struct Watermark {
 /// atomic so that a transaction checks its ticket without locking).
 #[derive(Debug, Default)]
 pub struct Snapshots {
-    pins: BTreeMap<u64, usize>,
     clocks: BTreeMap<u64, usize>,
-    /// Live (not revoked) pins by ticket.
+    /// Live (not revoked) pins by ticket. Tickets and sequence numbers grow together, so
+    /// the first is also the lowest pin.
     pinned: BTreeMap<u64, PinnedReader>,
     next_ticket: u64,
     revoked_below: u64,
@@ -119,10 +119,11 @@ impl Snapshots {
         self.floor
     }
 
-    /// Registers a reader pinned at `seq` (the current sequence number) whose clock is
-    /// `clock`, at time `at`; returns its ticket.
+    /// Registers a reader pinned at `seq` (the current sequence number, read under the same
+    /// lock as this call: never below an earlier pin's) whose clock is `clock`, at time
+    /// `at`; returns its ticket.
     pub fn pin(&mut self, seq: u64, clock: u64, at: Instant) -> u64 {
-        add(&mut self.pins, seq);
+        debug_assert!(self.pinned.last_key_value().is_none_or(|(_, r)| r.seq <= seq));
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.pinned.insert(ticket, PinnedReader { seq, clock, at });
@@ -164,13 +165,12 @@ impl Snapshots {
         now
     }
 
-    /// Releases what a transaction registered: its pin `(seq, ticket)` if it took one, and
-    /// its clock at its last value. A revoked pin's registrations are already released.
-    pub fn release(&mut self, pin: Option<(u64, u64)>, clock: u64) {
-        match pin {
-            Some((_, ticket)) if self.is_revoked(ticket) => {}
-            Some((seq, ticket)) => {
-                remove(&mut self.pins, seq);
+    /// Releases what a transaction registered: its pin (by ticket) if it took one, and its
+    /// clock at its last value. A revoked pin's registrations are already released.
+    pub fn release(&mut self, ticket: Option<u64>, clock: u64) {
+        match ticket {
+            Some(ticket) if self.is_revoked(ticket) => {}
+            Some(ticket) => {
                 self.pinned.remove(&ticket);
                 remove(&mut self.clocks, clock);
             }
@@ -190,7 +190,6 @@ impl Snapshots {
             }
             let reader = *reader;
             self.pinned.remove(&ticket);
-            remove(&mut self.pins, reader.seq);
             remove(&mut self.clocks, reader.clock);
             self.revoked_below = ticket + 1;
             revoked += 1;
@@ -208,11 +207,9 @@ impl Snapshots {
     /// The lowest pin a running or future reader can have, `current` being the sequence of
     /// the last published commit (readers pin the current sequence).
     pub fn min_pin(&self, current: u64) -> u64 {
-        self.pins
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(current)
+        self.pinned
+            .first_key_value()
+            .map_or(current, |(_, r)| r.seq)
             .min(current)
     }
 
@@ -564,7 +561,10 @@ impl Engine {
     pub async fn collect_garbage(&self) -> GcReport {
         let mut round = self.gc.round.lock().await;
         let mut report = GcReport::default();
-        if round.is_none_or(|last| last.elapsed() >= ORPHAN_CHECK_INTERVAL) {
+        // Not while a commit of unknown outcome is being sent again: a resend racing the
+        // reclamation of the same commit's versions could complete over deleted versions.
+        let settling = self.unresolved.load(Ordering::Acquire) > 0;
+        if !settling && round.is_none_or(|last| last.elapsed() >= ORPHAN_CHECK_INTERVAL) {
             *round = Some(Instant::now());
             match self.storage.reclaim_orphans(ORPHAN_GRACE).await {
                 Ok(n) => {
@@ -589,8 +589,8 @@ impl Engine {
         } = self.gc.tracker.lock().take_work(Instant::now());
         let mut versions_ok = true;
         while !versions.is_empty() {
-            let rest = versions.split_off(versions.len().min(DELETE_BATCH));
-            let batch = std::mem::replace(&mut versions, rest);
+            // From the end: each batch costs its own length, not the whole backlog's.
+            let batch = versions.split_off(versions.len().saturating_sub(DELETE_BATCH));
             let n = batch.len();
             match self.storage.delete(batch.clone(), Vec::new()).await {
                 Ok(()) => {

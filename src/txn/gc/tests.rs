@@ -115,9 +115,9 @@ fn watermark_is_below_every_pin_and_clock() {
     let c5 = s.start_clock();
     let t5 = s.pin(5, c5, at);
     assert_eq!(s.min_pin(7), 3);
-    s.release(Some((3, t3)), c3);
+    s.release(Some(t3), c3);
     assert_eq!(s.min_pin(7), 5);
-    s.release(Some((5, t5)), c5);
+    s.release(Some(t5), c5);
     assert_eq!(s.min_pin(7), 7);
 
     let wall = clock::wall_ms();
@@ -161,9 +161,9 @@ fn old_pins_are_revoked_and_release_nothing_twice() {
     assert!(!s.is_revoked(young));
     assert_eq!(s.min_pin(9), 1, "the young pin still holds");
     // The revoked transaction ends: its registrations are not released twice.
-    s.release(Some((1, old)), old_clock);
+    s.release(Some(old), old_clock);
     assert_eq!(s.min_pin(9), 1);
-    s.release(Some((1, young)), young_clock);
+    s.release(Some(young), young_clock);
     assert_eq!(s.min_pin(9), 9);
     assert_eq!(s.oldest_pin_age(start), None);
 }
