@@ -146,7 +146,15 @@ pub struct Engine {
     /// Commits whose outcome is being resolved.
     pub(super) unresolved: AtomicU64,
     pub(super) stats: Stats,
+    /// Tests: runs once, in the next commit, just before it validates.
+    #[cfg(test)]
+    pub(super) before_validation: Mutex<Option<TestHook>>,
 }
+
+/// A step a test runs inside a commit.
+#[cfg(test)]
+pub(super) type TestHook =
+    Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
 
 impl Engine {
     /// Opens an engine over `storage`, rebuilding the commit set from its commit records.
@@ -172,6 +180,8 @@ impl Engine {
             resolvers_stop: Arc::new(tokio::sync::Notify::new()),
             unresolved: AtomicU64::new(0),
             stats: Stats::default(),
+            #[cfg(test)]
+            before_validation: Mutex::new(None),
         });
         engine.recover().await?;
         engine.gc.start(Arc::downgrade(&engine), config.gc_interval);
@@ -288,9 +298,7 @@ impl Engine {
 
     /// Releases what a transaction registered: its pin, if it took one, and its clock.
     pub(super) fn release(&self, pin: Option<Pin>, now_ms: u64) {
-        self.snapshots
-            .lock()
-            .release(pin.map(|p| p.ticket), now_ms);
+        self.snapshots.lock().release(pin.map(|p| p.ticket), now_ms);
     }
 
     /// Makes a durable commit visible: every version at one new sequence number. The commit

@@ -134,6 +134,45 @@ async fn watch_passes_when_nothing_changed() {
 }
 
 #[tokio::test]
+async fn a_snapshot_revoked_just_before_validation_fails_the_commit() {
+    let config = EngineConfig {
+        max_snapshot_age: Duration::from_millis(20),
+        ..config()
+    };
+    let engine = Engine::open(Arc::new(MemoryStorage::new()), config)
+        .await
+        .unwrap();
+    set(&engine, "c", "10").await;
+    // An INCR reads c, then another client deletes it.
+    let mut slow = engine.begin();
+    assert!(slow.get_for_update(&key("c")).await.unwrap().is_some());
+    let mut del = engine.begin();
+    del.delete(key("c"));
+    del.commit().await.unwrap();
+    // The INCR's snapshot gets old; garbage collection revokes it and removes c (gone for
+    // good) between the INCR's last check and its validation.
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let weak = Arc::downgrade(&engine);
+    *engine.before_validation.lock() = Some(Box::new(move || {
+        Box::pin(async move {
+            let engine = weak.upgrade().unwrap();
+            for _ in 0..3 {
+                engine.collect_garbage().await;
+            }
+            assert_eq!(engine.gc_gauges().versions, 0, "c was not removed");
+        })
+    }));
+    slow.put(key("c"), Entry::string(key("11")));
+    let result = slow.commit().await;
+    assert!(
+        matches!(result, Err(TxnError::SnapshotTooOld(_))),
+        "{result:?}"
+    );
+    // The DEL stands: no increment of the value it deleted.
+    assert_eq!(get(&engine, "c").await, None);
+}
+
+#[tokio::test]
 async fn orphans_are_not_reclaimed_while_a_commit_is_being_settled() {
     let (engine, storage) = faulty_engine().await;
     set(&engine, "c", "10").await;

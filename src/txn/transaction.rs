@@ -515,16 +515,25 @@ impl Txn {
             return Ok(None);
         }
         let engine = self.engine.clone();
-        if !self.checks.is_empty() {
-            // Validation relies on the reads' snapshot having stayed pinned.
-            self.check_snapshot()?;
-        }
         let now = clock::wall_ms();
         let writes = std::mem::take(&mut self.writes);
         let flushed = self.flushed;
+        #[cfg(test)]
+        {
+            let hook = engine.before_validation.lock().take();
+            if let Some(hook) = hook {
+                hook().await;
+            }
+        }
         // Validate and reserve in one critical section: first committer wins.
         let (id, guard, flush) = {
             let mut inflight = engine.inflight.lock();
+            if !self.checks.is_empty() {
+                // Validation relies on the reads' snapshot having stayed pinned. Checked
+                // under the lock that garbage collection takes before it removes a key, so
+                // that a key read here cannot be removed (looking unchanged) in between.
+                self.check_snapshot()?;
+            }
             for (key, state) in watches.into_iter().flat_map(Watches::iter) {
                 let latest = engine.index.latest(key);
                 if !state.unchanged(latest, now)

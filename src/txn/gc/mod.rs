@@ -123,7 +123,10 @@ impl Snapshots {
     /// lock as this call: never below an earlier pin's) whose clock is `clock`, at time
     /// `at`; returns its ticket.
     pub fn pin(&mut self, seq: u64, clock: u64, at: Instant) -> u64 {
-        debug_assert!(self.pinned.last_key_value().is_none_or(|(_, r)| r.seq <= seq));
+        debug_assert!(self
+            .pinned
+            .last_key_value()
+            .is_none_or(|(_, r)| r.seq <= seq));
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.pinned.insert(ticket, PinnedReader { seq, clock, at });
