@@ -15,9 +15,9 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::api::QueryRequest;
 use super::layout::{
-    bucket, chunk_count, chunk_keys, chunk_pk, commit_pk_of, corrupt, decode_directory,
-    delete_request, directory_sk, entry_id, get_bin, idempotency_pk, key_bytes, key_item, now_ms,
-    version_pk, Item, BUCKET_SHIFT, DIRECTORY_PK, PK, SINGLE_SK, SK, VALUE,
+    bucket, chunk_count, chunk_keys, chunk_pk, commit_pk_of, decode_directory, delete_request,
+    directory_sk, entry_id, get_bin, idempotency_pk, key_bytes, key_item, now_ms, version_pk, Item,
+    BUCKET_SHIFT, DIRECTORY_PK, PK, SINGLE_SK, SK, VALUE,
 };
 use super::retry::{CONCURRENCY, QUERY_PAGE};
 use super::{DynamoDbStorage, BACKEND};
@@ -107,18 +107,16 @@ impl DynamoDbStorage {
             .collect();
         let present: Vec<&Item> = heads.iter().flatten().copied().collect();
         let mut payloads = self.payloads(&present).await?.into_iter();
-        let mut values = Vec::with_capacity(heads.len());
-        for head in &heads {
-            values.push(match head {
-                Some(_) => {
-                    let payload = payloads.next().flatten().ok_or_else(|| {
-                        corrupt("a split value is missing some of its chunks".into())
-                    })?;
-                    Some(Bytes::from(payload))
-                }
-                None => None,
-            });
-        }
+        // A head whose chunks are not all there is being deleted (deletion removes the
+        // chunks first; a commit writes every chunk before its record makes the head
+        // readable): collected, like a head that is gone.
+        let values: Vec<Option<Bytes>> = heads
+            .iter()
+            .map(|head| {
+                head.and_then(|_| payloads.next().flatten())
+                    .map(Bytes::from)
+            })
+            .collect();
         Ok(slots.into_iter().map(|slot| values[slot].clone()).collect())
     }
 
@@ -186,6 +184,10 @@ impl DynamoDbStorage {
 
     /// Up to `limit` records of one bucket (after `after`), merged across its shards in id
     /// order.
+    ///
+    /// A record whose deletion stopped between its chunks and its head (garbage collection
+    /// deletes a record only after all its versions) is deleted now, and the bucket read
+    /// again: a short page means the bucket holds no more.
     async fn scan_bucket(
         &self,
         bucket: u64,
@@ -193,6 +195,41 @@ impl DynamoDbStorage {
         after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<Vec<CommitRecord>, StorageError> {
+        loop {
+            let heads = self.bucket_heads(bucket, shards, &after, limit).await?;
+            let refs: Vec<&Item> = heads.iter().map(|(_, item)| item).collect();
+            let payloads = self.payloads(&refs).await?;
+            let mut records = Vec::with_capacity(heads.len());
+            let mut partly_deleted = Vec::new();
+            for ((id, head), payload) in heads.iter().zip(payloads) {
+                match payload {
+                    Some(payload) => {
+                        records.push(record::decode(BACKEND, *id, Bytes::from(payload))?)
+                    }
+                    None => {
+                        tracing::info!(?id, "deleting the rest of a partly deleted commit record");
+                        partly_deleted.push(key_item(
+                            get_bin(head, PK)?.to_vec(),
+                            get_bin(head, SK)?.to_vec(),
+                        ));
+                    }
+                }
+            }
+            if partly_deleted.is_empty() {
+                return Ok(records);
+            }
+            self.delete_items(partly_deleted).await?;
+        }
+    }
+
+    /// The heads of up to `limit` records of one bucket (after `after`), in id order.
+    async fn bucket_heads(
+        &self,
+        bucket: u64,
+        shards: &[u8],
+        after: &Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(VersionId, Item)>, StorageError> {
         let pages: Vec<(u8, Vec<Item>)> = stream::iter(shards.iter().copied())
             .map(|shard| {
                 let after = after.clone();
@@ -218,20 +255,7 @@ impl DynamoDbStorage {
         }
         heads.sort_by_key(|(id, _)| *id);
         heads.truncate(limit);
-        let refs: Vec<&Item> = heads.iter().map(|(_, item)| item).collect();
-        let payloads = self.payloads(&refs).await?;
-        heads
-            .iter()
-            .zip(payloads)
-            .map(|((id, _), payload)| {
-                let payload = payload.ok_or_else(|| {
-                    corrupt(format!(
-                        "commit record {id:?} is missing some of its chunks"
-                    ))
-                })?;
-                record::decode(BACKEND, *id, Bytes::from(payload))
-            })
-            .collect()
+        Ok(heads)
     }
 
     /// Drops the directory entry of an empty commit partition whose bucket ended long ago.

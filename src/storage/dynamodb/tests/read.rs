@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::*;
-use crate::storage::testkit::conformance::{self, scan_all, vid};
+use crate::storage::testkit::conformance::{self, get_one, scan_all, vid};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scans_drop_empty_ancient_buckets_and_still_find_new_commits() {
@@ -60,4 +60,51 @@ async fn commits_spread_over_buckets_and_shards_scan_in_order() {
         }
         assert_eq!(paged, ids, "limit {limit}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_value_whose_chunks_are_being_deleted_reads_as_collected() {
+    let (s, _emulator) = open(tiny()).await;
+    let id = vid(3, 3);
+    let big = vec![7u8; 10_000];
+    conformance::commit_ok(&*s, batch(id, None, &[(b"k", &big[..]), (b"small", b"v")])).await;
+    assert_eq!(
+        get_one(&*s, b"k", id).await.as_deref(),
+        Some(&big[..]),
+        "stored split"
+    );
+    // Garbage collection got as far as the chunks.
+    s.delete_items(chunk_keys(&version_pk(b"k"), &id.to_bytes(), 2))
+        .await
+        .expect("delete chunks");
+    let read = s
+        .get_versions(vec![vkey(b"k", id), vkey(b"small", id)])
+        .await
+        .expect("a read during deletion is not an error");
+    assert_eq!(read, vec![None, Some(Bytes::from_static(b"v"))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_deletion_stopped_halfway_is_finished_by_the_next_scan() {
+    let (s, _emulator) = open(tiny()).await;
+    // A record larger than a chunk.
+    let (big, next) = (vid(5, 5), vid(6, 6));
+    let mut large = batch(big, None, &[(b"x", b"v")]);
+    large.record.body = Bytes::from(vec![1u8; 10_000]);
+    conformance::commit_ok(&*s, large).await;
+    conformance::commit_ok(&*s, batch(next, None, &[(b"k", b"v")])).await;
+    // Garbage collection deleted the big record's first chunk, then stopped.
+    s.delete_items(chunk_keys(&commit_pk(big), &big.to_bytes(), 1))
+        .await
+        .expect("delete a chunk");
+    // A page of one still holds the next record: the scan does not end early.
+    let page = s.scan_commits(None, 1).await.expect("scan");
+    assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), vec![next]);
+    let all = scan_all(&*s).await;
+    assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![next]);
+    let head = s
+        .get_item(key_item(commit_pk(big), big.to_bytes().to_vec()))
+        .await
+        .expect("read the head");
+    assert!(head.is_none(), "the rest of the record was deleted");
 }
