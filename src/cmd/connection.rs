@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::table::Id;
 use super::util::{err, parse_i64, NOT_INTEGER, SYNTAX};
 use crate::config::Config;
 use crate::resp::{Protocol, Reply};
@@ -154,19 +155,19 @@ pub enum ConnectionCmd {
 impl ConnectionCmd {
     /// Parses `args` (a connection command whose arity was checked). `Err` is the run-time
     /// error reply, as Redis gives it when the command runs.
-    pub fn parse(name: &str, args: Vec<Bytes>) -> Result<Self, Reply> {
+    pub fn parse(id: Id, args: Vec<Bytes>) -> Result<Self, Reply> {
         let mut args = args.into_iter().skip(1);
-        Ok(match name {
-            "ping" => {
+        Ok(match id {
+            Id::Ping => {
                 let message = args.next();
                 if args.next().is_some() {
                     return Err(err("ERR wrong number of arguments for 'ping' command"));
                 }
                 ConnectionCmd::Ping(message)
             }
-            "echo" => ConnectionCmd::Echo(args.next().unwrap_or_default()),
-            "hello" => parse_hello(args.collect())?,
-            "auth" => {
+            Id::Echo => ConnectionCmd::Echo(args.next().unwrap_or_default()),
+            Id::Hello => parse_hello(args.collect())?,
+            Id::Auth => {
                 let rest: Vec<Bytes> = args.collect();
                 match <[Bytes; 2]>::try_from(rest) {
                     Ok([user, password]) => ConnectionCmd::Auth {
@@ -182,17 +183,18 @@ impl ConnectionCmd {
                     },
                 }
             }
-            "select" => match args.next().as_deref().and_then(parse_i64) {
+            Id::Select => match args.next().as_deref().and_then(parse_i64) {
                 Some(index) => ConnectionCmd::Select(index),
                 None => return Err(err(NOT_INTEGER)),
             },
-            "client" => {
+            Id::Client => {
                 let mut all = vec![Bytes::from_static(b"CLIENT")];
                 all.extend(args);
                 ConnectionCmd::Client(all)
             }
-            "quit" => ConnectionCmd::Quit,
-            _ => ConnectionCmd::Reset,
+            Id::Quit => ConnectionCmd::Quit,
+            Id::Reset => ConnectionCmd::Reset,
+            _ => return Err(err(SYNTAX)),
         })
     }
 

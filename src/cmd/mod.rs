@@ -136,9 +136,9 @@ pub fn parse_known(spec: &CommandSpec, args: Vec<Bytes>) -> Command {
             keyspace::KeyCmd::parse(spec, args).map(|c| Command::Data(DataCmd::Key(c)))
         }
         Family::Connection => {
-            connection::ConnectionCmd::parse(spec.name, args).map(Command::Connection)
+            connection::ConnectionCmd::parse(spec.id, args).map(Command::Connection)
         }
-        Family::Server => server::ServerCmd::parse(spec.name, args).map(Command::Server),
+        Family::Server => server::ServerCmd::parse(spec.id, args).map(Command::Server),
         Family::Transaction => transaction::TxnCmd::parse(spec.id, args).map(Command::Txn),
     };
     parsed.unwrap_or_else(Command::Invalid)

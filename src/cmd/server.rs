@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::connection::{unknown_subcommand, Client, REDIS_VERSION};
+use super::table::Id;
 use super::util::{err, glob_match, SYNTAX};
 use super::{lookup, CommandSpec, COMMANDS};
 use crate::node::Node;
@@ -52,17 +53,17 @@ pub enum ServerCmd {
 impl ServerCmd {
     /// Parses `args` (a server command whose arity was checked); `Err` is the run-time
     /// error reply.
-    pub fn parse(name: &str, args: Vec<Bytes>) -> Result<Self, Reply> {
-        Ok(match name {
-            "info" => ServerCmd::Info(args.into_iter().skip(1).collect()),
-            "command" => ServerCmd::Command(args),
-            "config" => ServerCmd::Config(args),
-            "debug" => ServerCmd::Debug,
-            "time" => ServerCmd::Time,
-            "lastsave" => ServerCmd::LastSave,
-            "save" => ServerCmd::Save,
-            "function" => ServerCmd::Function(args),
-            _ => {
+    pub fn parse(id: Id, args: Vec<Bytes>) -> Result<Self, Reply> {
+        Ok(match id {
+            Id::Info => ServerCmd::Info(args.into_iter().skip(1).collect()),
+            Id::Command => ServerCmd::Command(args),
+            Id::Config => ServerCmd::Config(args),
+            Id::Debug => ServerCmd::Debug,
+            Id::Time => ServerCmd::Time,
+            Id::LastSave => ServerCmd::LastSave,
+            Id::Save => ServerCmd::Save,
+            Id::Function => ServerCmd::Function(args),
+            Id::Shutdown => {
                 let modes_ok = args[1..].iter().all(|a| {
                     matches!(
                         &a.to_ascii_uppercase()[..],
@@ -74,6 +75,7 @@ impl ServerCmd {
                 }
                 ServerCmd::Shutdown
             }
+            _ => return Err(err(SYNTAX)),
         })
     }
 

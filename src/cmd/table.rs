@@ -139,97 +139,28 @@ pub enum Family {
 impl Id {
     /// See [`CommandSpec::is_data`].
     pub fn is_data(self) -> bool {
-        self.is_string() || self.is_keyspace()
+        matches!(self.family(), Family::String | Family::Keyspace)
     }
 
-    /// The command's family.
+    /// The command's family. Every command is listed (no catch-all), so that a new one
+    /// cannot land in a family by default.
     pub fn family(self) -> Family {
-        if self.is_string() {
-            Family::String
-        } else if self.is_keyspace() {
-            Family::Keyspace
-        } else if matches!(
-            self,
-            Id::Ping
-                | Id::Echo
-                | Id::Hello
-                | Id::Auth
-                | Id::Select
-                | Id::Client
-                | Id::Quit
-                | Id::Reset
-        ) {
-            Family::Connection
-        } else if matches!(
-            self,
-            Id::Multi
-                | Id::Exec
-                | Id::Discard
-                | Id::Watch
-                | Id::Unwatch
-                | Id::AftBegin
-                | Id::AftCommit
-                | Id::AftAbort
-                | Id::AftAttach
-                | Id::AftDetach
-                | Id::AftStatus
-                | Id::AftIdempotent
-        ) {
-            Family::Transaction
-        } else {
-            Family::Server
+        use Id::*;
+        match self {
+            Get | Set | SetNx | SetEx | PSetEx | GetSet | GetDel | GetEx | MGet | MSet | MSetNx
+            | Append | Strlen | GetRange | SetRange | Incr | Decr | IncrBy | DecrBy
+            | IncrByFloat => Family::String,
+            Del | Exists | Type | Expire | PExpire | ExpireAt | PExpireAt | Ttl | PTtl
+            | ExpireTime | PExpireTime | Persist | FlushAll | DbSize | Keys | Scan | RandomKey => {
+                Family::Keyspace
+            }
+            Ping | Echo | Hello | Auth | Select | Client | Quit | Reset => Family::Connection,
+            Multi | Exec | Discard | Watch | Unwatch | AftBegin | AftCommit | AftAbort
+            | AftAttach | AftDetach | AftStatus | AftIdempotent => Family::Transaction,
+            Info | Command | Config | Debug | Time | Function | LastSave | Save | Shutdown => {
+                Family::Server
+            }
         }
-    }
-
-    /// A string command (`cmd::string`).
-    pub fn is_string(self) -> bool {
-        matches!(
-            self,
-            Id::Get
-                | Id::Set
-                | Id::SetNx
-                | Id::SetEx
-                | Id::PSetEx
-                | Id::GetSet
-                | Id::GetDel
-                | Id::GetEx
-                | Id::MGet
-                | Id::MSet
-                | Id::MSetNx
-                | Id::Append
-                | Id::Strlen
-                | Id::GetRange
-                | Id::SetRange
-                | Id::Incr
-                | Id::Decr
-                | Id::IncrBy
-                | Id::DecrBy
-                | Id::IncrByFloat
-        )
-    }
-
-    /// A keyspace command (`cmd::keyspace`).
-    pub fn is_keyspace(self) -> bool {
-        matches!(
-            self,
-            Id::Del
-                | Id::Exists
-                | Id::Type
-                | Id::Expire
-                | Id::PExpire
-                | Id::ExpireAt
-                | Id::PExpireAt
-                | Id::Ttl
-                | Id::PTtl
-                | Id::ExpireTime
-                | Id::PExpireTime
-                | Id::Persist
-                | Id::FlushAll
-                | Id::DbSize
-                | Id::Keys
-                | Id::Scan
-                | Id::RandomKey
-        )
     }
 }
 

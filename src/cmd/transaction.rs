@@ -73,7 +73,8 @@ impl TxnCmd {
             Id::AftAttach => TxnCmd::Attach(rest.next().unwrap_or_default()),
             Id::AftDetach => TxnCmd::Detach,
             Id::AftStatus => TxnCmd::Status(rest.next().unwrap_or_default()),
-            _ => TxnCmd::Idempotent(rest.next().unwrap_or_default()),
+            Id::AftIdempotent => TxnCmd::Idempotent(rest.next().unwrap_or_default()),
+            _ => return Err(err(SYNTAX)),
         })
     }
 }
