@@ -266,13 +266,8 @@ fn sigterm(pid: u32) {
         .status();
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+/// A port that was free a moment ago (and its cluster bus port too).
+pub use aft::storage::testkit::redis_server::free_port;
 
 /// Connects the Redis backend at `url`.
 pub async fn redis_storage(url: &str) -> Arc<dyn Storage> {

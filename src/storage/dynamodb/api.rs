@@ -258,14 +258,9 @@ impl Api for SdkApi {
                     .expression_attribute_values(":sk", bin(from));
             }
             if let Some(names) = request.projection {
-                let mut expression = String::new();
-                for (i, name) in names.iter().enumerate() {
-                    if i > 0 {
-                        expression.push_str(", ");
-                    }
-                    let alias = format!("#p{i}");
-                    expression.push_str(&alias);
-                    query = query.expression_attribute_names(alias, *name);
+                let (expression, aliases) = projection_expression(names);
+                for (alias, name) in aliases {
+                    query = query.expression_attribute_names(alias, name);
                 }
                 query = query.projection_expression(expression);
             }

@@ -58,7 +58,10 @@ async fn missing_table_and_wrong_schema_are_clear_errors() {
     );
     // An unreachable endpoint: retried, then unavailable.
     let mut options = emulator.options("aft");
-    options.endpoint = Some(format!("http://127.0.0.1:{}", closed_port()));
+    options.endpoint = Some(format!(
+        "http://127.0.0.1:{}",
+        crate::storage::testkit::redis_server::free_port()
+    ));
     let error = DynamoDbStorage::connect(options)
         .await
         .expect_err("unreachable");
@@ -68,13 +71,6 @@ async fn missing_table_and_wrong_schema_are_clear_errors() {
         std::error::Error::source(&error).is_some(),
         "the SDK's error is kept: {error:?}"
     );
-}
-
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
