@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::storage::dynamodb::DynamoDbOptions;
 use crate::storage::redis::RedisOptions;
 use crate::txn::open::OpenLimits;
-use crate::txn::EngineConfig;
+use crate::txn::{EngineConfig, Freshness, PeersConfig};
 
 /// Declares every configuration key once: its type, its default, its environment variable
 /// and its documentation. From this one list come the [`Config`] struct (TOML keys),
@@ -235,7 +235,24 @@ config_keys! {
     /// How long the commit record of a transaction without idempotency key is kept after
     /// its versions are collected, in seconds (AFT.STATUS txid answers `committed` meanwhile).
     status_retention_secs: u64 = DEFAULT_STATUS_RETENTION_SECS, env "AFT_STATUS_RETENTION_SECS";
+    /// With several aft nodes on one backend: `realtime` (a transaction sees every commit
+    /// acknowledged by any node before it began, for one shared read of the commit log) or
+    /// `bounded` (no extra round trip; other nodes' commits become visible within the
+    /// tailer's lag, which INFO reports).
+    freshness: String = "realtime".into(), env "AFT_FRESHNESS";
+    /// With several aft nodes on one backend: how long a node's lease lasts, in ms. A node
+    /// that does not renew it in time is dead to the others (its commits are refused, its
+    /// snapshots no longer hold garbage collection back).
+    lease_ms: u64 = DEFAULT_LEASE_MS, env "AFT_LEASE_MS";
+    /// With several aft nodes on one backend: how often, in ms, a node reads the commit log
+    /// in the background.
+    tail_interval_ms: u64 = DEFAULT_TAIL_INTERVAL_MS, env "AFT_TAIL_INTERVAL_MS";
 }
+
+/// Default of [`Config::lease_ms`].
+pub const DEFAULT_LEASE_MS: u64 = 5_000;
+/// Default of [`Config::tail_interval_ms`].
+pub const DEFAULT_TAIL_INTERVAL_MS: u64 = 100;
 
 /// Largest [`Config::max_clients`].
 pub const MAX_CLIENTS: usize = 1 << 30;
@@ -328,6 +345,9 @@ impl Config {
             MAX_CLIENTS,
         )?;
         in_range("max_snapshot_age_ms", self.max_snapshot_age_ms, 0, MAX_MS)?;
+        in_range("lease_ms", self.lease_ms, 500, MAX_MS)?;
+        in_range("tail_interval_ms", self.tail_interval_ms, 1, 60_000)?;
+        self.freshness_setting()?;
         let timeouts = [
             ("txn_timeout_ms", self.txn_timeout_ms),
             ("max_txn_timeout_ms", self.max_txn_timeout_ms),
@@ -398,6 +418,19 @@ impl Config {
     }
 }
 
+impl Config {
+    /// [`Config::freshness`], parsed.
+    pub fn freshness_setting(&self) -> Result<Freshness, ConfigError> {
+        match self.freshness.as_str() {
+            "realtime" => Ok(Freshness::RealTime),
+            "bounded" => Ok(Freshness::Bounded),
+            other => Err(ConfigError::Invalid(format!(
+                "freshness must be 'realtime' or 'bounded', not '{other}'"
+            ))),
+        }
+    }
+}
+
 impl From<&Config> for EngineConfig {
     /// The engine's settings; the whole cache budget goes to values (the node gives the
     /// embedded store's page cache its share).
@@ -409,6 +442,12 @@ impl From<&Config> for EngineConfig {
             status_retention: Duration::from_secs(c.status_retention_secs),
             max_snapshot_age: Duration::from_millis(c.max_snapshot_age_ms),
             max_value_len: c.max_bulk_len,
+            peers: PeersConfig {
+                freshness: c.freshness_setting().unwrap_or_default(),
+                lease: Duration::from_millis(c.lease_ms),
+                tail_interval: Duration::from_millis(c.tail_interval_ms),
+                address: c.listen.clone(),
+            },
         }
     }
 }

@@ -39,6 +39,10 @@ struct CheckArgs {
     /// Server port.
     #[arg(long, default_value_t = 7379, env = "AFT_CHECK_PORT")]
     port: u16,
+    /// Ports of further servers on the same host (other aft nodes on one backend), comma
+    /// separated: the clients are spread over all of them.
+    #[arg(long, value_delimiter = ',')]
+    more_ports: Vec<u16>,
     /// Password (sent with AUTH on every connection).
     #[arg(long, env = "AFT_CHECK_PASSWORD")]
     password: Option<String>,
@@ -181,6 +185,7 @@ fn check(args: CheckArgs) -> ExitCode {
     let config = aft::check::CheckConfig {
         host: args.host,
         port: args.port,
+        more_ports: args.more_ports,
         password: args.password,
         mode: args.mode,
         clients: args.clients,

@@ -82,6 +82,9 @@ pub struct CheckConfig {
     pub host: String,
     /// Server port.
     pub port: u16,
+    /// Ports of further servers on the same host (other aft nodes on one backend): client
+    /// `c` of the run talks to the `c mod n`-th of `port` and these.
+    pub more_ports: Vec<u16>,
     /// Password sent with `AUTH` on every connection.
     pub password: Option<String>,
     /// How transactions are sent.
@@ -115,6 +118,7 @@ impl Default for CheckConfig {
         CheckConfig {
             host: "127.0.0.1".to_string(),
             port: 7379,
+            more_ports: Vec::new(),
             password: None,
             mode: Mode::Multi,
             clients: 8,
@@ -135,10 +139,23 @@ impl Default for CheckConfig {
 impl CheckConfig {
     /// `host:port` (IPv6 literals in brackets).
     pub fn addr(&self) -> String {
+        self.addr_at(self.port)
+    }
+
+    /// `host:port` of the server client `client` talks to (see [`CheckConfig::more_ports`]).
+    pub fn client_addr(&self, client: u32) -> String {
+        let ports = 1 + self.more_ports.len();
+        match (client as usize) % ports {
+            0 => self.addr(),
+            i => self.addr_at(self.more_ports[i - 1]),
+        }
+    }
+
+    fn addr_at(&self, port: u16) -> String {
         if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]:{}", self.host, self.port)
+            format!("[{}]:{}", self.host, port)
         } else {
-            format!("{}:{}", self.host, self.port)
+            format!("{}:{}", self.host, port)
         }
     }
 

@@ -50,9 +50,17 @@ impl Shared {
     }
 }
 
-/// Connects and authenticates, retrying with a short backoff for `reconnect_for`.
+/// Connects to the first server and authenticates, retrying with a short backoff for
+/// `reconnect_for`.
 pub(super) async fn connect(config: &CheckConfig) -> Result<Connection, CheckError> {
-    let addr = config.addr();
+    connect_to(config, config.addr()).await
+}
+
+/// Connects to `addr` and authenticates, retrying as [`connect`] does.
+pub(super) async fn connect_to(
+    config: &CheckConfig,
+    addr: String,
+) -> Result<Connection, CheckError> {
     let deadline = Instant::now() + config.reconnect_for;
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -282,7 +290,7 @@ pub(super) async fn client_loop(client: u32, shared: Arc<Shared>) -> Vec<TxnReco
     {
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match connect(config).await {
+            None => match connect_to(config, config.client_addr(client)).await {
                 Ok(c) => conn.insert(c),
                 Err(e @ CheckError::Auth(_)) => {
                     shared.fail(e);

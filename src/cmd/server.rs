@@ -5,7 +5,8 @@
 //! * `INFO [section …]` never fails (clients such as ioredis use it as a ready check); it
 //!   reports Redis's usual fields where they make sense and aft's own counters as `aft_*`
 //!   fields, in the sections `server clients memory persistence stats transactions gc
-//!   replication keyspace`.
+//!   replication nodes keyspace` (`nodes`: the aft nodes sharing the backend, with
+//!   `aft_shared_backend:0` and nothing else on a backend only one process uses).
 //! * `COMMAND [COUNT|LIST|INFO name…|DOCS]`: from the command table (DOCS is empty).
 //! * `CONFIG GET pattern…` answers a fixed set of parameters; `CONFIG RESETSTAT` zeroes
 //!   INFO's counters; `CONFIG SET` is not supported, `CONFIG REWRITE` has no file to write.
@@ -124,6 +125,7 @@ const SECTIONS: &[&str] = &[
     "transactions",
     "gc",
     "replication",
+    "nodes",
     "keyspace",
 ];
 
@@ -259,6 +261,39 @@ fn info_section(node: &Node, section: &str, out: &mut String) {
                 )
             }
             "replication" => write!(out, "# Replication\r\nrole:master\r\nconnected_slaves:0\r\n"),
+            "nodes" => {
+                let p = engine.peers_info();
+                let _ = write!(out, "# Nodes\r\naft_shared_backend:{}\r\n", u8::from(p.shared));
+                if p.shared {
+                    let _ = write!(
+                        out,
+                        "aft_node_id:{}\r\naft_freshness:{}\r\naft_nodes_live:{}\r\naft_nodes_view_age_ms:{}\r\naft_log_cursor:{}\r\naft_log_head:{}\r\naft_remote_commits:{}\r\naft_remote_lag_last_ms:{}\r\naft_remote_lag_max_ms:{}\r\naft_gc_deferred_batches:{}\r\naft_rejoins:{}\r\n",
+                        p.node,
+                        p.freshness.name(),
+                        p.members.len(),
+                        p.view_age.map_or(0, |a| a.as_millis() as u64),
+                        p.cursor,
+                        p.head,
+                        p.remote_commits,
+                        p.lag_last_ms,
+                        p.lag_max_ms,
+                        p.deferred,
+                        p.rejoins,
+                    );
+                    for (i, m) in p.members.iter().enumerate() {
+                        let _ = write!(
+                            out,
+                            "node{i}:id={},address={},lease_left_ms={},watermark={},self={}\r\n",
+                            m.node,
+                            m.address,
+                            m.expires_in_ms,
+                            m.watermark,
+                            u8::from(m.node == p.node),
+                        );
+                    }
+                }
+                Ok(())
+            }
             "keyspace" => {
                 let (keys, expires) = engine.key_counts();
                 out.push_str("# Keyspace\r\n");

@@ -110,10 +110,13 @@ impl Session {
         // The group's replies go straight into `out`, from here; an attempt that must run
         // again takes its replies back.
         let start = out.len();
-        let mut ran;
+        let mut ran = 0;
         let mut runner = Runner::new(&self.node.engine, None);
         let result = loop {
-            let mut txn = runner.begin();
+            let mut txn = match runner.begin().await {
+                Ok(txn) => txn,
+                Err(e) => break Err(e),
+            };
             txn.validate_reads_after_writes();
             ran = 0;
             out.truncate(start);

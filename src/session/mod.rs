@@ -243,6 +243,11 @@ impl Session {
             TxnCmd::Exec => err("ERR EXEC without MULTI"),
             TxnCmd::Discard => err("ERR DISCARD without MULTI"),
             TxnCmd::Watch(keys) => {
+                // What is watched is the latest version anywhere (a commit acknowledged by
+                // another node before the WATCH is not a change after it).
+                if let Err(e) = self.node.engine.fresh_for_watch().await {
+                    return txn_error_reply(&e);
+                }
                 for key in &keys {
                     self.watches.watch(key);
                 }
@@ -262,7 +267,10 @@ impl Session {
     async fn autocommit(&mut self, command: &DataCmd) -> Reply {
         let mut runner = Runner::new(&self.node.engine, None);
         let outcome = loop {
-            let mut txn = runner.begin();
+            let mut txn = match runner.begin().await {
+                Ok(txn) => txn,
+                Err(e) => break Err(e),
+            };
             let body = async {
                 if !command.value_keys().is_empty() {
                     txn.prefetch(command.value_keys()).await?;
@@ -288,7 +296,10 @@ impl Session {
         }
         let mut runner = Runner::new(&self.node.engine, Some(&watches));
         let ran = loop {
-            let mut txn = runner.begin();
+            let mut txn = match runner.begin().await {
+                Ok(txn) => txn,
+                Err(e) => break Err(e),
+            };
             let body = self.exec_once(&multi.queue, &mut txn).await;
             if let Some(outcome) = runner.finish(txn, body).await {
                 break outcome;

@@ -84,6 +84,9 @@ pub enum StorageError {
     Corrupt(Failure),
     /// The backend was closed.
     Closed,
+    /// The node's lease expired: the backend takes no commit and no renewal from it until it
+    /// rejoins (other nodes may have reclaimed what it left in flight). Nothing was written.
+    Fenced(Failure),
 }
 
 impl StorageError {
@@ -98,7 +101,8 @@ impl StorageError {
             StorageError::Unavailable(f)
             | StorageError::Io(f)
             | StorageError::OutcomeUnknown(f)
-            | StorageError::Corrupt(f) => Some(f),
+            | StorageError::Corrupt(f)
+            | StorageError::Fenced(f) => Some(f),
             StorageError::Closed => None,
         }
     }
@@ -119,6 +123,7 @@ impl fmt::Display for StorageError {
             StorageError::OutcomeUnknown(e) => write!(f, "commit outcome unknown: {e}"),
             StorageError::Corrupt(e) => write!(f, "corrupt data in backend: {e}"),
             StorageError::Closed => f.write_str("backend is closed"),
+            StorageError::Fenced(e) => write!(f, "node fenced: {e}"),
         }
     }
 }

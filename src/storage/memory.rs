@@ -57,7 +57,9 @@ impl MemoryStorage {
     fn commit_now(&self, batch: CommitBatch) -> Result<CommitOutcome, StorageError> {
         let mut state = self.state.write();
         self.check_open()?;
-        let CommitBatch { versions, record } = batch;
+        let CommitBatch {
+            versions, record, ..
+        } = batch;
         if state.commits.contains_key(&record.id) {
             // Sent again after an unknown outcome: the first attempt applied.
             return Ok(CommitOutcome::Committed);

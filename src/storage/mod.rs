@@ -150,6 +150,99 @@ pub struct CommitBatch {
     pub versions: Vec<(Bytes, Bytes)>,
     /// Written only after every version is durable.
     pub record: CommitRecord,
+    /// What a shared backend checks and moves with the record (see [`Conditions`]).
+    pub conditions: Conditions,
+}
+
+/// Identifies one running aft process (one incarnation: random at every start).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct NodeId(pub u128);
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// The cross-node part of a commit (protocol.md §9), decided by a shared backend in the same
+/// atomic step that creates the commit record. A backend only one process uses (see
+/// [`Storage::heartbeat`]) ignores it: the node's own checks decide.
+///
+/// Every key the commit writes has a **head** in the backend, the greatest version id
+/// committed to it (and whether that version is a tombstone), moved forward (never back) by
+/// each commit that writes the key. Garbage collection may drop the head of a key whose last
+/// version, a tombstone, was collected ([`Storage::drop_heads`]).
+#[derive(Clone, Debug, Default)]
+pub struct Conditions {
+    /// The committing node: the record is created only while its lease is live, so that a
+    /// node others consider dead cannot commit ([`StorageError::Fenced`]).
+    pub node: Option<NodeId>,
+    /// `(key, version read)`: the commit is refused with [`CommitOutcome::Conflict`] (the
+    /// index of the first failed check) unless the key's head is that version, or the key
+    /// has no head (collected), or nothing was read (`None`) and the head is a tombstone.
+    pub checks: Vec<(Bytes, Option<VersionId>)>,
+    /// Keys the commit deletes: they have no stored version, but their heads move too.
+    pub deleted: Vec<Bytes>,
+}
+
+/// A page of the commit log (see [`Storage::log_tail`]).
+#[derive(Clone, Debug, Default)]
+pub struct LogPage {
+    /// The position of the newest record in the log when the page was read (0: none yet).
+    pub head: u64,
+    /// `(position, record)` in increasing position order.
+    pub records: Vec<(u64, CommitRecord)>,
+}
+
+/// What a node tells the others with each renewal of its lease.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    /// The node.
+    pub node: NodeId,
+    /// How long the lease lasts from now.
+    pub lease: std::time::Duration,
+    /// The node's watermark: the log position up to which it knows every commit and below
+    /// which it holds no snapshot (garbage collection on every node stays behind it).
+    pub watermark: u64,
+    /// The clock (ms since the epoch) of the node's oldest running transaction: a key that
+    /// expired before it may still be read there.
+    pub oldest_clock_ms: u64,
+    /// Where clients reach the node (`host:port`), for INFO.
+    pub address: String,
+    /// What the renewal does.
+    pub kind: Beat,
+}
+
+/// The kinds of [`Heartbeat`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Beat {
+    /// Creates the lease (a node that starts, or rejoins after losing it).
+    Join,
+    /// Extends a live lease; refused ([`StorageError::Fenced`]) if it already expired.
+    Renew,
+    /// Gives the lease up (a clean shutdown).
+    Leave,
+}
+
+/// A live node, as the backend knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The node.
+    pub node: NodeId,
+    /// Its last published watermark.
+    pub watermark: u64,
+    /// Its last published oldest transaction clock.
+    pub oldest_clock_ms: u64,
+    /// Its address, as it published it.
+    pub address: String,
+    /// Milliseconds left on its lease, by the backend's clock.
+    pub expires_in_ms: u64,
 }
 
 /// What [`Storage::commit`] did.
@@ -160,6 +253,9 @@ pub enum CommitOutcome {
     /// A commit record with the same idempotency key already exists (its id is given); no
     /// commit record was created for this batch. Its versions may remain as orphans.
     Duplicate(VersionId),
+    /// The check at this index of [`Conditions::checks`] failed: another commit wrote the
+    /// key first. No commit record was created; versions may remain as orphans.
+    Conflict(usize),
 }
 
 /// When an acknowledged commit is safe, as a backend vouches for it.
@@ -237,5 +333,34 @@ pub trait Storage: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<u64, StorageError>> {
         let _ = older_than;
         Box::pin(async { Ok(0) })
+    }
+
+    /// Creates, renews or gives up a node's lease, and lists the live nodes (the caller
+    /// included). `Ok(None)`: the backend is one process's alone (memory, an embedded file),
+    /// so there is no membership — and no [`Conditions`] or [`Storage::log_tail`]. A renewal
+    /// of a lease that expired fails with [`StorageError::Fenced`]: the node must rejoin.
+    fn heartbeat(
+        &self,
+        beat: Heartbeat,
+    ) -> BoxFuture<'_, Result<Option<Vec<Member>>, StorageError>> {
+        let _ = beat;
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Commit records created after log position `after`, in the order they were created
+    /// (at most `limit`), with the log's head. Positions grow by one per record, so a reader
+    /// that applied a whole page up to `head` knows every record created before the call.
+    /// Records garbage collection deleted are left out. Only for shared backends.
+    fn log_tail(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<LogPage, StorageError>> {
+        let _ = (after, limit);
+        Box::pin(async { Ok(LogPage::default()) })
+    }
+
+    /// Drops the heads (see [`Conditions`]) of keys whose last version — the given one, a
+    /// tombstone — was collected; a head that moved on to another version stays. Only for
+    /// shared backends.
+    fn drop_heads(&self, heads: Vec<VersionKey>) -> BoxFuture<'_, Result<(), StorageError>> {
+        let _ = heads;
+        Box::pin(async { Ok(()) })
     }
 }

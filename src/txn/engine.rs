@@ -12,12 +12,14 @@ use parking_lot::Mutex;
 use super::clock::{self, Clock};
 use super::gc::{Collector, Snapshots};
 use super::index::{Index, VersionMeta};
+use super::peers::{Peers, PeersConfig};
 use super::record::{self, Entry, Kind, WriteMeta};
 use super::resolve::{self, Unresolved};
 use super::transaction::Txn;
 use super::TxnError;
 use crate::storage::{
-    CommitBatch, CommitOutcome, CommitRecord, Storage, StorageError, TxnId, VersionId, VersionKey,
+    CommitBatch, CommitOutcome, CommitRecord, Conditions, Storage, StorageError, TxnId, VersionId,
+    VersionKey,
 };
 
 /// Tuning of an [`Engine`].
@@ -39,6 +41,8 @@ pub struct EngineConfig {
     pub max_snapshot_age: Duration,
     /// Largest value a command may build (APPEND, SETRANGE): Redis's proto-max-bulk-len.
     pub max_value_len: usize,
+    /// Several nodes over one backend (ignored on a backend only one process uses).
+    pub peers: PeersConfig,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +54,7 @@ impl Default for EngineConfig {
             status_retention: Duration::from_secs(60),
             max_snapshot_age: Duration::from_secs(60),
             max_value_len: 512 << 20,
+            peers: PeersConfig::default(),
         }
     }
 }
@@ -145,6 +150,8 @@ pub struct Engine {
     pub(super) resolvers_stop: Arc<tokio::sync::Notify>,
     /// Commits whose outcome is being resolved.
     pub(super) unresolved: AtomicU64,
+    /// Membership, the commit log and the cluster-wide watermark (see [`super::peers`]).
+    pub(super) peers: Peers,
     pub(super) stats: Stats,
     /// Tests: runs once, in the next commit, just before it validates.
     #[cfg(test)]
@@ -179,17 +186,34 @@ impl Engine {
             closing: AtomicBool::new(false),
             resolvers_stop: Arc::new(tokio::sync::Notify::new()),
             unresolved: AtomicU64::new(0),
+            peers: Peers::new(config.peers.clone()),
             stats: Stats::default(),
             #[cfg(test)]
             before_validation: Mutex::new(None),
         });
+        let others = engine.join().await?;
+        // Renewed from now on: loading may take longer than the lease.
+        engine.start_renewals();
+        if others {
+            // Others run: let every one of them see this node hold deletions back before it
+            // reads a record (see the peers module).
+            tokio::time::sleep(super::peers::JOIN_WAIT).await;
+        }
         engine.recover().await?;
         engine.gc.start(Arc::downgrade(&engine), config.gc_interval);
+        engine.start_tailer();
         Ok(engine)
     }
 
+    /// Rebuilds the commit set from the stored records. On a shared backend, the log's head
+    /// is read first and the log is applied from it after the scan, so that nothing committed
+    /// during the scan is missed (what both find is applied once).
     async fn recover(&self) -> Result<(), StorageError> {
         const PAGE: usize = 1024;
+        if self.peers.shared() {
+            let head = self.storage.log_tail(u64::MAX, 1).await?.head;
+            self.peers.cursor.store(head, Ordering::Release);
+        }
         let mut after = None;
         loop {
             let records = self.storage.scan_commits(after, PAGE).await?;
@@ -207,6 +231,12 @@ impl Engine {
             if !full {
                 break;
             }
+        }
+        if self.peers.shared() {
+            self.catch_up().await.map_err(|e| match e {
+                TxnError::Storage(e) => e,
+                other => StorageError::Io(other.to_string().into()),
+            })?;
         }
         Ok(())
     }
@@ -241,6 +271,8 @@ impl Engine {
             );
         }
         self.gc.stop().await;
+        self.stop_peers().await;
+        self.leave().await;
         self.storage.close().await
     }
 
@@ -286,13 +318,34 @@ impl Engine {
         let _ = tokio::time::timeout(timeout, self.released.notified()).await;
     }
 
+    /// Starts a transaction that sees every commit acknowledged anywhere before this call,
+    /// or within the configured bounded staleness (see [`super::peers::Freshness`]).
+    pub async fn begin_fresh(self: &Arc<Self>) -> Result<Txn, TxnError> {
+        self.fresh().await?;
+        Ok(self.begin())
+    }
+
+    /// Revokes every snapshot held now; returns how many.
+    pub(super) fn revoke_all_snapshots(&self) -> usize {
+        let mut snapshots = self.snapshots.lock();
+        let revoked = snapshots.revoke_all();
+        self.revoked_below
+            .store(snapshots.revoked_below(), Ordering::Release);
+        self.stats
+            .snapshots_revoked
+            .fetch_add(revoked as u64, Ordering::Relaxed);
+        revoked
+    }
+
     /// Pins the current snapshot for a transaction whose clock is `clock`.
     pub(super) fn pin(&self, clock: u64) -> Pin {
+        // Before the sequence: every record at or below the cursor is published.
+        let pos = self.peers.cursor.load(Ordering::Acquire);
         let mut snapshots = self.snapshots.lock();
         // Read under the lock: a round computing its watermark sees this pin, or a
         // sequence number no greater than it.
         let seq = self.seq.load(Ordering::Acquire);
-        let ticket = snapshots.pin(seq, clock, std::time::Instant::now());
+        let ticket = snapshots.pin(seq, pos, clock, std::time::Instant::now());
         Pin { seq, ticket }
     }
 
@@ -303,15 +356,19 @@ impl Engine {
 
     /// Makes a durable commit visible: every version at one new sequence number. The commit
     /// record is tracked for garbage collection first, and the versions the insertion
-    /// supersedes become garbage.
+    /// supersedes become garbage. Idempotent by id (a node finds its own commits in the
+    /// log): returns whether the commit was new.
     pub(super) fn publish(
         &self,
         id: VersionId,
         writes: &[WriteMeta],
         values: Vec<Option<Bytes>>,
         idempotent: bool,
-    ) {
+    ) -> bool {
         let _order = self.publish_lock.lock();
+        if self.gc.tracker.lock().commit_of(id.txn).is_some() {
+            return false;
+        }
         self.gc.tracker.lock().track(
             id,
             writes.iter().map(|w| w.key.clone()).collect(),
@@ -344,6 +401,7 @@ impl Engine {
                 .lock()
                 .discard(dropped, std::time::Instant::now());
         }
+        true
     }
 
     /// Removes `keys` from the in-flight set (one reservation each), and wakes the
@@ -364,24 +422,31 @@ impl Engine {
     }
 
     /// Applies the backend's answer to a commit, the first attempt's or a resolver's:
-    /// publishes it (`Ok` with its id), or, if another commit holds its idempotency key,
-    /// queues its versions for reclamation (`Err` with that commit's id). A commit that found
-    /// its own idempotency entry was applied by an earlier attempt.
-    pub(super) fn conclude(
-        &self,
-        pending: PendingCommit,
-        answer: CommitOutcome,
-    ) -> Result<VersionId, VersionId> {
+    /// publishes it, or, if another commit holds its idempotency key or won a conflict check
+    /// in the backend, queues its versions for reclamation. A commit that found its own
+    /// idempotency entry was applied by an earlier attempt.
+    pub(super) fn conclude(&self, pending: PendingCommit, answer: CommitOutcome) -> Concluded {
         let id = pending.batch.record.id;
         match answer {
             CommitOutcome::Duplicate(existing) if existing != id => {
                 self.gc.tracker.lock().orphans(pending.orphans());
-                Err(existing)
+                Concluded::Duplicate(existing)
+            }
+            CommitOutcome::Conflict(check) => {
+                self.gc.tracker.lock().orphans(pending.orphans());
+                if check < pending.watched {
+                    self.stats.watch_failures.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                }
+                Concluded::Conflict {
+                    watched: check < pending.watched,
+                }
             }
             _ => {
                 self.publish(id, &pending.metas, pending.cached, pending.idempotent);
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                Ok(id)
+                Concluded::Committed(id)
             }
         }
     }
@@ -396,10 +461,12 @@ impl Engine {
         guard: InflightGuard,
     ) -> Result<Option<VersionId>, TxnError> {
         match outcome {
-            Ok(answer) => self
-                .conclude(pending, answer)
-                .map(Some)
-                .map_err(TxnError::Duplicate),
+            Ok(answer) => match self.conclude(pending, answer) {
+                Concluded::Committed(id) => Ok(Some(id)),
+                Concluded::Duplicate(existing) => Err(TxnError::Duplicate(existing)),
+                Concluded::Conflict { watched: true } => Err(TxnError::WatchFailed),
+                Concluded::Conflict { watched: false } => Err(TxnError::Conflict),
+            },
             Err(StorageError::OutcomeUnknown(message)) => {
                 self.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
                 self.stats.outcome_unknown.fetch_add(1, Ordering::Relaxed);
@@ -423,6 +490,16 @@ impl Engine {
     }
 }
 
+/// What [`Engine::conclude`] made of the backend's answer.
+pub(super) enum Concluded {
+    /// Published at this id.
+    Committed(VersionId),
+    /// Another commit holds the idempotency key.
+    Duplicate(VersionId),
+    /// A check in the backend failed: on a watched key, or on a key read for update.
+    Conflict { watched: bool },
+}
+
 /// A commit sent (or to send) to the backend, with what publishing it needs.
 #[derive(Clone)]
 pub(super) struct PendingCommit {
@@ -430,6 +507,8 @@ pub(super) struct PendingCommit {
     pub(super) metas: Vec<WriteMeta>,
     pub(super) cached: Vec<Option<Bytes>>,
     pub(super) idempotent: bool,
+    /// The first checks of `batch.conditions` are on watched keys: this many.
+    pub(super) watched: usize,
 }
 
 impl PendingCommit {
@@ -515,10 +594,14 @@ impl Engine {
 }
 
 impl PendingCommit {
+    /// The commit of `writes` at `id`; `conditions` (its checks, watched keys first:
+    /// `watched` of them) go to a shared backend, with the keys it deletes added.
     pub(super) fn new(
         id: VersionId,
         writes: Vec<(Bytes, Option<Entry>)>,
         idempotency_key: Option<Bytes>,
+        mut conditions: Conditions,
+        watched: usize,
     ) -> PendingCommit {
         let mut metas = Vec::with_capacity(writes.len());
         let mut versions = Vec::with_capacity(writes.len());
@@ -536,6 +619,9 @@ impl PendingCommit {
                     versions.push((key, stored));
                 }
                 None => {
+                    if conditions.node.is_some() {
+                        conditions.deleted.push(key.clone());
+                    }
                     metas.push(WriteMeta {
                         key,
                         kind: Kind::Tombstone,
@@ -554,9 +640,11 @@ impl PendingCommit {
                     idempotency_key,
                     body: record::encode_body(&metas),
                 },
+                conditions,
             },
             metas,
             cached,
+            watched,
         }
     }
 }

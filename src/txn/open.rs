@@ -301,7 +301,10 @@ impl OpenTxns {
         if self.open.lock().len() >= self.limits.max_open {
             self.evict_one();
         }
-        let mut txn = self.engine.begin();
+        let mut txn = self.engine.begin_fresh().await.map_err(|e| match e {
+            TxnError::Storage(e) => OpenError::Storage(e),
+            other => OpenError::Storage(StorageError::Io(other.to_string().into())),
+        })?;
         if let Some(key) = idempotency_key {
             txn.set_idempotency_key(key);
         }

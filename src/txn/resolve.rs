@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::engine::{Engine, PendingCommit};
+use super::engine::{Concluded, Engine, PendingCommit};
+use crate::storage::StorageError;
 
 /// Delay before the first attempt to settle a commit.
 pub const FIRST_DELAY: Duration = Duration::from_millis(20);
@@ -76,7 +77,10 @@ async fn settle(weak: Weak<Engine>, unresolved: Unresolved) {
         attempts += 1;
         let outcome = engine.storage.commit(pending.batch.clone()).await;
         let answer = match outcome {
-            Ok(answer) => answer,
+            Ok(answer) => Some(answer),
+            // Refused by the fence, which the record check precedes: it was never applied,
+            // and no attempt under that node id can pass the fence any more.
+            Err(StorageError::Fenced(_)) => None,
             Err(e) => {
                 if attempts == 1 || attempts.is_power_of_two() {
                     tracing::warn!(?id, attempts, error = %e, "commit outcome still unknown; retrying");
@@ -85,7 +89,14 @@ async fn settle(weak: Weak<Engine>, unresolved: Unresolved) {
                 continue;
             }
         };
-        if engine.conclude(pending, answer).is_ok() {
+        let committed = match answer {
+            Some(answer) => matches!(engine.conclude(pending, answer), Concluded::Committed(_)),
+            None => {
+                engine.gc.tracker.lock().orphans(pending.orphans());
+                false
+            }
+        };
+        if committed {
             engine
                 .stats
                 .unknown_committed

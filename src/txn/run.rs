@@ -28,7 +28,10 @@ pub const RETRY_WAIT: Duration = Duration::from_millis(5);
 /// ```ignore
 /// let mut runner = Runner::new(&engine, watches);
 /// let outcome = loop {
-///     let mut txn = runner.begin();
+///     let mut txn = match runner.begin().await {
+///         Ok(txn) => txn,
+///         Err(e) => break Err(e),
+///     };
 ///     let body = body(&mut txn).await; // the commands
 ///     if let Some(outcome) = runner.finish(txn, body).await {
 ///         break outcome;
@@ -52,9 +55,10 @@ impl<'w> Runner<'w> {
         }
     }
 
-    /// A fresh transaction for the next attempt.
-    pub fn begin(&self) -> Txn {
-        self.engine.begin()
+    /// A fresh transaction for the next attempt, after catching up with the commits of
+    /// other nodes (see [`Engine::begin_fresh`]).
+    pub async fn begin(&self) -> Result<Txn, TxnError> {
+        self.engine.begin_fresh().await
     }
 
     /// Ends an attempt whose body returned `body`: commits `txn` if the body succeeded,

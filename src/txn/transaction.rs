@@ -13,7 +13,7 @@ use super::index::{VersionMeta, MAX_POSITION};
 use super::record::{Entry, Kind, Value};
 use super::watch::Watches;
 use super::TxnError;
-use crate::storage::{StorageError, TxnId, VersionId, VersionKey};
+use crate::storage::{Conditions, StorageError, TxnId, VersionId, VersionKey};
 
 /// A key as a transaction read it from its snapshot (not from its own writes).
 #[derive(Clone, Debug)]
@@ -579,6 +579,25 @@ impl Txn {
             )
         };
         let idempotency_key = self.idempotency_key.take();
+        // On a shared backend the backend decides the checks again, against every node's
+        // commits: watched keys first, then keys read for update.
+        let (conditions, watched) = if engine.peers.shared() {
+            let mut checks: Vec<(Bytes, Option<VersionId>)> = watches
+                .into_iter()
+                .flat_map(Watches::iter)
+                .map(|(key, state)| (key.clone(), state.version()))
+                .collect();
+            let watched = checks.len();
+            checks.extend(self.checks.iter().map(|(k, v)| (k.clone(), *v)));
+            let conditions = Conditions {
+                node: Some(engine.peers.node()),
+                checks,
+                deleted: Vec::new(),
+            };
+            (conditions, watched)
+        } else {
+            (Conditions::default(), 0)
+        };
         // The rest runs in its own task: once the commit is sent, a client that goes away
         // cannot leave it durable but unpublished, nor a FLUSHALL half fenced.
         let task = tokio::spawn(async move {
@@ -596,7 +615,7 @@ impl Txn {
                 drop(flushing);
                 writes.extend(doomed.into_iter().map(|k| (k, None)));
             }
-            let pending = PendingCommit::new(id, writes, idempotency_key);
+            let pending = PendingCommit::new(id, writes, idempotency_key, conditions, watched);
             let outcome = engine.storage.commit(pending.batch.clone()).await;
             engine.settle(outcome, pending, guard)
         });

@@ -26,6 +26,11 @@ pub struct WatchState {
 }
 
 impl WatchState {
+    /// The version watched (`None`: the key did not exist).
+    pub fn version(&self) -> Option<VersionId> {
+        self.version
+    }
+
     /// Whether a key watched in this state had no commit since, given its `latest` version
     /// at `now_ms`, and did not expire meanwhile (Redis counts an expiry as a change).
     pub fn unchanged(&self, latest: Option<VersionId>, now_ms: u64) -> bool {

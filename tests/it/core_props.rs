@@ -937,6 +937,7 @@ async fn a_commit_after_recovery_wins_over_recovered_versions_from_the_future() 
                 idempotency_key: None,
                 body,
             },
+            conditions: Default::default(),
         })
         .await
         .expect("commit");

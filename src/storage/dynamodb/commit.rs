@@ -55,7 +55,9 @@ impl DynamoDbStorage {
         &self,
         batch: CommitBatch,
     ) -> Result<CommitOutcome, StorageError> {
-        let CommitBatch { versions, record } = batch;
+        let CommitBatch {
+            versions, record, ..
+        } = batch;
         let id = record.id;
         let chunk = self.limits.chunk_bytes;
         // One version per key: the last one, as every backend applies them in order.
@@ -325,7 +327,7 @@ impl DynamoDbStorage {
                     tracing::warn!(?id, "dynamodb: pending marker left for clean-up: {e}");
                 }
             }
-            CommitOutcome::Duplicate(_) => {
+            CommitOutcome::Duplicate(_) | CommitOutcome::Conflict(_) => {
                 if let Err(e) = self.abandon(id).await {
                     tracing::warn!(?id, "dynamodb: duplicate's versions left for clean-up: {e}");
                 }

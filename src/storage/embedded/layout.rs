@@ -83,6 +83,7 @@ impl EncodedCommit {
         let CommitBatch {
             versions,
             record: commit,
+            ..
         } = batch;
         let encoded_record = record::encode(BACKEND, &commit)?;
         if encoded_record.len() > MAX_RECORD_BYTES {
@@ -157,6 +158,7 @@ mod tests {
                     idempotency_key: key.map(Bytes::copy_from_slice),
                     body: Bytes::copy_from_slice(body),
                 },
+                conditions: Default::default(),
             };
             let encoded = EncodedCommit::new(commit).expect("encode");
             let record = record::decode(BACKEND, id, encoded.record).expect("decode");

@@ -7,7 +7,9 @@ use fred::types::{Resp3Frame, Value};
 use super::client::{bytes, frame_array, frame_bytes, frame_int, id_arg, text, RequestError};
 use super::layout::encode_key_list;
 use super::RedisStorage;
-use crate::storage::{record, CommitBatch, CommitOutcome, CommitRecord, StorageError, VersionId};
+use crate::storage::{
+    record, CommitBatch, CommitOutcome, CommitRecord, Conditions, StorageError, VersionId,
+};
 
 /// What the commit script (or the marking script) answered.
 #[derive(Debug)]
@@ -16,14 +18,25 @@ pub(super) enum Committed {
     Duplicate(VersionId),
     /// The pending marker was reclaimed: nothing was written.
     MarkerGone,
+    /// The node's lease expired: nothing was written.
+    Fenced,
+    /// The check at this index failed: nothing was written.
+    Conflict(usize),
 }
 
-/// `{1}`, `{0, id}` or `{2}`.
+/// `{1}`, `{0, id}`, `{2}`, `{3}` or `{4, i}`.
 fn parse_commit_reply(frame: Resp3Frame) -> Result<Committed, RequestError> {
     let items = frame_array(frame)?;
     match items.first().and_then(frame_int) {
         Some(1) => Ok(Committed::Yes),
         Some(2) => Ok(Committed::MarkerGone),
+        Some(3) => Ok(Committed::Fenced),
+        Some(4) => items
+            .get(1)
+            .and_then(frame_int)
+            .and_then(|i| usize::try_from(i).ok())
+            .map(Committed::Conflict)
+            .ok_or_else(|| RequestError::corrupt("conflict without a check index")),
         Some(0) => {
             let id = items
                 .into_iter()
@@ -50,10 +63,13 @@ fn parse_commit_reply(frame: Resp3Frame) -> Result<Committed, RequestError> {
 
 impl RedisStorage {
     /// KEYS and ARGV of `lua/commit.lua` for `record`, with `versions` written by the script
-    /// (empty when they were written before) and the pending-marker check on or off.
+    /// (empty when they were written before), the heads of `written` keys moved (the user
+    /// keys of the versions), and the pending-marker check on or off.
     pub(super) fn commit_request(
         &self,
         record: &CommitRecord,
+        conditions: &Conditions,
+        written: &[Bytes],
         versions: Vec<(Bytes, Bytes)>,
         expect_marker: bool,
     ) -> Result<(Vec<Value>, Vec<Value>), StorageError> {
@@ -68,8 +84,14 @@ impl RedisStorage {
             bytes(&self.layout.pending),
             bytes(&self.layout.pendkeys),
             bytes(&idem),
+            bytes(&self.layout.tail),
+            bytes(&self.layout.seq),
+            bytes(&self.layout.heads),
+            bytes(&self.layout.nodes),
         ]);
-        let mut args = Vec::with_capacity(5 + versions.len());
+        let heads = written.len() + conditions.deleted.len();
+        let mut args =
+            Vec::with_capacity(8 + 2 * (conditions.checks.len() + heads) + versions.len());
         args.extend([
             id_arg(record.id),
             Value::Bytes(record::encode(self.backend, record)?),
@@ -80,7 +102,25 @@ impl RedisStorage {
             }),
             text(self.idempotency_ttl_secs.to_string()),
             text(if expect_marker { "1" } else { "0" }),
+            text(conditions.node.map(|n| n.to_string()).unwrap_or_default()),
+            text(conditions.checks.len().to_string()),
+            text(heads.to_string()),
         ]);
+        for (key, read) in &conditions.checks {
+            args.push(bytes(key));
+            args.push(match read {
+                Some(id) => id_arg(*id),
+                None => text(""),
+            });
+        }
+        for key in written {
+            args.push(bytes(key));
+            args.push(text("1"));
+        }
+        for key in &conditions.deleted {
+            args.push(bytes(key));
+            args.push(text("0"));
+        }
         for (key, value) in versions {
             keys.push(Value::Bytes(key));
             args.push(Value::Bytes(value));
@@ -106,6 +146,7 @@ impl RedisStorage {
         batch: CommitBatch,
     ) -> Result<CommitOutcome, StorageError> {
         let id = batch.record.id;
+        let written = written_keys(&batch.versions);
         let mut versions = Vec::with_capacity(batch.versions.len());
         for (key, value) in batch.versions {
             let key = self
@@ -114,10 +155,13 @@ impl RedisStorage {
                 .map_err(|e| self.io_error(e.to_string()))?;
             versions.push((key, value));
         }
-        let (keys, args) = self.commit_request(&batch.record, versions, false)?;
+        let (keys, args) =
+            self.commit_request(&batch.record, &batch.conditions, &written, versions, false)?;
         match self.run_commit_script(keys, args).await? {
             Committed::Yes => Ok(CommitOutcome::Committed),
             Committed::Duplicate(existing) => Ok(CommitOutcome::Duplicate(existing)),
+            Committed::Conflict(i) => Ok(CommitOutcome::Conflict(i)),
+            Committed::Fenced => Err(self.fenced()),
             Committed::MarkerGone => {
                 Err(self.io_error("unexpected reply to a commit without pending marker"))
             }
@@ -131,6 +175,7 @@ impl RedisStorage {
     ) -> Result<CommitOutcome, StorageError> {
         let backend = self.backend;
         let id = batch.record.id;
+        let written = written_keys(&batch.versions);
         let mut keys = Vec::with_capacity(batch.versions.len());
         let mut values = Vec::with_capacity(batch.versions.len());
         for (key, value) in batch.versions {
@@ -156,6 +201,7 @@ impl RedisStorage {
                     bytes(&self.layout.pending),
                     bytes(&self.layout.pendkeys),
                     bytes(&idem.clone().unwrap_or_else(|| self.layout.idempotency(b""))),
+                    bytes(&self.layout.rec),
                 ],
                 vec![
                     id_arg(id),
@@ -170,6 +216,12 @@ impl RedisStorage {
             Committed::Yes => {}
             Committed::Duplicate(existing) => return Ok(CommitOutcome::Duplicate(existing)),
             Committed::MarkerGone => {
+                return Err(self.io_error(format!(
+                    "commit {id:?} was reclaimed as an orphan before it could finish; \
+                     nothing was committed"
+                )));
+            }
+            Committed::Fenced | Committed::Conflict(_) => {
                 return Err(self.corrupt("unexpected reply to a pending marker"));
             }
         }
@@ -189,27 +241,47 @@ impl RedisStorage {
         }
 
         // 3. The record, if the marker is still live.
-        let (script_keys, args) = self.commit_request(&batch.record, Vec::new(), true)?;
-        match self.run_commit_script(script_keys, args).await? {
-            Committed::Yes => Ok(CommitOutcome::Committed),
-            Committed::Duplicate(existing) => {
-                // Lost a race on the idempotency key: the versions are orphans. Delete them now
-                // (best effort); the marker goes only once they are gone.
-                if self.delete_keys(&keys).await.is_ok() {
-                    let _ = self
-                        .eval(
-                            &self.scripts.forget,
-                            vec![bytes(&self.layout.pending), bytes(&self.layout.pendkeys)],
-                            vec![id_arg(id)],
-                        )
-                        .await;
-                }
-                Ok(CommitOutcome::Duplicate(existing))
+        let (script_keys, args) =
+            self.commit_request(&batch.record, &batch.conditions, &written, Vec::new(), true)?;
+        let refused = match self.run_commit_script(script_keys, args).await? {
+            Committed::Yes => return Ok(CommitOutcome::Committed),
+            Committed::Duplicate(existing) => Ok(CommitOutcome::Duplicate(existing)),
+            Committed::Conflict(i) => Ok(CommitOutcome::Conflict(i)),
+            Committed::Fenced => Err(self.fenced()),
+            Committed::MarkerGone => {
+                return Err(self.io_error(format!(
+                    "commit {id:?} took longer than the orphan grace period and was reclaimed; \
+                     nothing was committed"
+                )))
             }
-            Committed::MarkerGone => Err(self.io_error(format!(
-                "commit {id:?} took longer than the orphan grace period and was reclaimed; \
-                 nothing was committed"
-            ))),
+        };
+        // Refused (a duplicate idempotency key, a conflict, a fence): the versions are
+        // orphans. Delete them now (best effort); the marker goes only once they are gone.
+        if self.delete_keys(&keys).await.is_ok() {
+            let _ = self
+                .eval(
+                    &self.scripts.forget,
+                    vec![bytes(&self.layout.pending), bytes(&self.layout.pendkeys)],
+                    vec![id_arg(id)],
+                )
+                .await;
         }
+        refused
     }
+
+    /// The error of a commit or renewal refused because the node's lease expired.
+    pub(super) fn fenced(&self) -> StorageError {
+        StorageError::Fenced(crate::storage::Failure::new(
+            self.backend,
+            "this node's lease expired; it must rejoin before it commits",
+        ))
+    }
+}
+
+/// The distinct user keys of `versions`, whose heads a commit moves.
+fn written_keys(versions: &[(Bytes, Bytes)]) -> Vec<Bytes> {
+    let mut keys: Vec<Bytes> = versions.iter().map(|(k, _)| k.clone()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }

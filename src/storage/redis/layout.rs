@@ -43,6 +43,14 @@ pub(super) struct Layout {
     pub(super) pending: Bytes,
     /// `M pendkeys`: the version keys of each pending marker.
     pub(super) pendkeys: Bytes,
+    /// `M tail`: the commit log in creation order (score = position).
+    pub(super) tail: Bytes,
+    /// `M seq`: the position of the newest record.
+    pub(super) seq: Bytes,
+    /// `M heads`: user key -> its head (id, then `1` for a value or `0` for a tombstone).
+    pub(super) heads: Bytes,
+    /// `M nodes`: node id (hex) -> its lease (`expiry-ms watermark oldest-clock-ms address`).
+    pub(super) nodes: Bytes,
     /// The slot of every metadata key.
     pub(super) meta_slot: u16,
 }
@@ -61,6 +69,10 @@ impl Layout {
             log: key(b"log"),
             pending: key(b"pending"),
             pendkeys: key(b"pendkeys"),
+            tail: key(b"tail"),
+            seq: key(b"seq"),
+            heads: key(b"heads"),
+            nodes: key(b"nodes"),
             meta_slot: redis_keyslot(&meta),
             prefix,
             meta,

@@ -97,6 +97,7 @@
 mod client;
 mod commit;
 mod layout;
+mod members;
 mod options;
 mod read;
 mod recovery;
@@ -118,8 +119,8 @@ use fred::clients::{Client, Pool};
 use fred::interfaces::ClientLike;
 
 use super::{
-    BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Failure, Storage, StorageError, VersionId,
-    VersionKey,
+    BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Failure, Heartbeat, LogPage, Member,
+    Storage, StorageError, VersionId, VersionKey,
 };
 use layout::Layout;
 use script::Scripts;
@@ -245,6 +246,22 @@ impl Storage for RedisStorage {
     /// atomic): this finds nothing.
     fn reclaim_orphans(&self, older_than: Duration) -> BoxFuture<'_, Result<u64, StorageError>> {
         Box::pin(self.reclaim_now(older_than))
+    }
+
+    /// Leases live in the hash `M nodes`, renewed by a script on the server's clock.
+    fn heartbeat(
+        &self,
+        beat: Heartbeat,
+    ) -> BoxFuture<'_, Result<Option<Vec<Member>>, StorageError>> {
+        Box::pin(self.heartbeat_now(beat))
+    }
+
+    fn log_tail(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<LogPage, StorageError>> {
+        Box::pin(self.tail_now(after, limit))
+    }
+
+    fn drop_heads(&self, heads: Vec<VersionKey>) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(self.drop_heads_now(heads))
     }
 }
 

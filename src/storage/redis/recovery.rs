@@ -56,7 +56,11 @@ impl RedisStorage {
             .await
             .and_then(frame_array)
             .map_err(|e| e.plain(backend))?;
-        let mut keys = vec![bytes(&self.layout.rec), bytes(&self.layout.log)];
+        let mut keys = vec![
+            bytes(&self.layout.rec),
+            bytes(&self.layout.log),
+            bytes(&self.layout.tail),
+        ];
         let mut args = vec![text(ids.len().to_string())];
         args.extend(id_values);
         let mut owners = Vec::new();

@@ -37,6 +37,12 @@ const FORGET_LUA: &str = include_str!("lua/forget.lua");
 const SCAN_LUA: &str = include_str!("lua/scan.lua");
 /// Deletes commit records, their log entries and the idempotency entries that name them.
 const DELETE_LUA: &str = include_str!("lua/delete.lua");
+/// Reads the commit log in creation order.
+const TAIL_LUA: &str = include_str!("lua/tail.lua");
+/// Creates, renews or gives up a node's lease, and lists the live nodes.
+const HEARTBEAT_LUA: &str = include_str!("lua/heartbeat.lua");
+/// Drops the heads of collected keys.
+const HEADS_LUA: &str = include_str!("lua/heads.lua");
 
 /// Every script of the backend.
 pub(super) struct Scripts {
@@ -52,6 +58,12 @@ pub(super) struct Scripts {
     pub(super) scan: Script,
     /// `lua/delete.lua`.
     pub(super) delete: Script,
+    /// `lua/tail.lua`.
+    pub(super) tail: Script,
+    /// `lua/heartbeat.lua`.
+    pub(super) heartbeat: Script,
+    /// `lua/heads.lua`.
+    pub(super) heads: Script,
 }
 
 impl Scripts {
@@ -63,10 +75,13 @@ impl Scripts {
             forget: Script::new(FORGET_LUA),
             scan: Script::new(SCAN_LUA),
             delete: Script::new(DELETE_LUA),
+            tail: Script::new(TAIL_LUA),
+            heartbeat: Script::new(HEARTBEAT_LUA),
+            heads: Script::new(HEADS_LUA),
         }
     }
 
-    fn all(&self) -> [&Script; 6] {
+    fn all(&self) -> [&Script; 9] {
         [
             &self.commit,
             &self.mark,
@@ -74,6 +89,9 @@ impl Scripts {
             &self.forget,
             &self.scan,
             &self.delete,
+            &self.tail,
+            &self.heartbeat,
+            &self.heads,
         ]
     }
 }

@@ -12,11 +12,11 @@ use super::client::{bytes, frame_int, text};
 use super::commit::Committed;
 use super::layout::{decode_key_list, encode_key_list, Layout};
 use super::*;
-use crate::storage::record;
 use crate::storage::testkit::conformance::{batch, commit_ok, get_one, scan_all, vid, vkey};
 use crate::storage::testkit::redis_server::{
     free_port, shared_cluster, unique_prefix, RedisCluster, RedisServer,
 };
+use crate::storage::{record, Beat, Conditions, NodeId};
 
 /// Connects, blocking (the conformance factories are synchronous).
 fn connect_blocking(url: &str) -> Arc<RedisStorage> {
@@ -289,7 +289,9 @@ async fn prefixes_and_databases_keep_stores_apart() {
         );
     }
     assert_eq!(get_one(&b, b"k", vid(1, 1)).await, None);
-    assert_eq!(server.cli(&["-n", "5", "dbsize"]).trim(), "4");
+    // A version, the records, both logs, the log's position, the key's head, the
+    // idempotency entry.
+    assert_eq!(server.cli(&["-n", "5", "dbsize"]).trim(), "7");
     // Everything aft stores starts with its prefix.
     let keys = server.cli(&["--scan"]);
     assert!(keys
@@ -392,6 +394,7 @@ async fn half_commit(s: &RedisStorage, id: VersionId, keys: &[&[u8]]) -> Vec<Byt
             bytes(&s.layout.pending),
             bytes(&s.layout.pendkeys),
             bytes(&s.layout.idempotency(b"")),
+            bytes(&s.layout.rec),
         ],
         vec![
             Value::Bytes(Bytes::copy_from_slice(&id.to_bytes())),
@@ -441,8 +444,9 @@ async fn cluster_orphans_are_reclaimed_and_their_commit_cannot_finish() {
     assert_eq!(s.reclaim_orphans(Duration::ZERO).await.unwrap(), 0);
 
     // The crashed commit's record can no longer be created.
+    let crashed = batch(orphan, None, &[]);
     let (keys, args) = s
-        .commit_request(&batch(orphan, None, &[]).record, Vec::new(), true)
+        .commit_request(&crashed.record, &crashed.conditions, &[], Vec::new(), true)
         .unwrap();
     assert!(matches!(
         s.run_commit_script(keys, args).await,
@@ -475,12 +479,9 @@ async fn cluster_commits_leave_no_marker_and_duplicates_leave_no_versions() {
         .unwrap();
     assert_eq!(frame_int(&pending), Some(0));
     // A commit sent again (a retried request) is reported, not applied twice.
+    let again = batch(vid(1, 1), Some(b"once"), &[]);
     let (keys, args) = s
-        .commit_request(
-            &batch(vid(1, 1), Some(b"once"), &[]).record,
-            Vec::new(),
-            true,
-        )
+        .commit_request(&again.record, &again.conditions, &[], Vec::new(), true)
         .unwrap();
     assert!(matches!(
         s.run_commit_script(keys, args).await,
@@ -488,3 +489,238 @@ async fn cluster_commits_leave_no_marker_and_duplicates_leave_no_versions() {
     ));
     assert_eq!(scan_all(&*s).await.len(), 1);
 }
+
+/// A lease for `node`.
+fn beat(node: u128, kind: Beat, lease_ms: u64, watermark: u64) -> Heartbeat {
+    Heartbeat {
+        node: NodeId(node),
+        lease: Duration::from_millis(lease_ms),
+        watermark,
+        oldest_clock_ms: 7,
+        address: "127.0.0.1:1 x".into(),
+        kind,
+    }
+}
+
+/// `batch` made by `node`, reading `checks` and deleting `deleted`.
+fn conditional(
+    id: VersionId,
+    node: u128,
+    checks: &[(&[u8], Option<VersionId>)],
+    versions: &[(&[u8], &[u8])],
+    deleted: &[&[u8]],
+) -> CommitBatch {
+    let mut b = batch(id, None, versions);
+    b.conditions = Conditions {
+        node: Some(NodeId(node)),
+        checks: checks
+            .iter()
+            .map(|(k, v)| (Bytes::copy_from_slice(k), *v))
+            .collect(),
+        deleted: deleted.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
+    };
+    b
+}
+
+async fn leases_fence_commits_and_list_live_nodes(s: &RedisStorage) {
+    let members = s
+        .heartbeat(beat(1, Beat::Join, 60_000, 0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].node, NodeId(1));
+    assert_eq!(
+        members[0].address, "127.0.0.1:1_x",
+        "spaces cannot break the lease"
+    );
+    let members = s
+        .heartbeat(beat(2, Beat::Join, 150, 0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(members.len(), 2);
+    let members = s
+        .heartbeat(beat(1, Beat::Renew, 60_000, 42))
+        .await
+        .unwrap()
+        .unwrap();
+    let one = members.iter().find(|m| m.node == NodeId(1)).unwrap();
+    assert_eq!((one.watermark, one.oldest_clock_ms), (42, 7));
+
+    // A node with a live lease commits; one without a lease does not.
+    let ok = conditional(vid(1, 1), 1, &[], &[(b"k", b"v")], &[]);
+    assert_eq!(s.commit(ok).await.unwrap(), CommitOutcome::Committed);
+    let stranger = conditional(vid(2, 9), 9, &[], &[(b"k", b"w")], &[]);
+    assert!(matches!(
+        s.commit(stranger).await,
+        Err(StorageError::Fenced(_))
+    ));
+
+    // Node 2's lease expires: it is no longer listed, and neither commits nor renews.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let members = s
+        .heartbeat(beat(1, Beat::Renew, 60_000, 42))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        members.iter().map(|m| m.node).collect::<Vec<_>>(),
+        [NodeId(1)]
+    );
+    let late = conditional(vid(3, 2), 2, &[], &[(b"k", b"late")], &[]);
+    assert!(matches!(s.commit(late).await, Err(StorageError::Fenced(_))));
+    assert!(matches!(
+        s.heartbeat(beat(2, Beat::Renew, 60_000, 0)).await,
+        Err(StorageError::Fenced(_))
+    ));
+    assert_eq!(
+        get_one(s, b"k", vid(3, 2)).await,
+        None,
+        "nothing of the late commit"
+    );
+    // A node that leaves is gone at once.
+    s.heartbeat(beat(1, Beat::Leave, 0, 0)).await.unwrap();
+    let members = s
+        .heartbeat(beat(3, Beat::Join, 60_000, 0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        members.iter().map(|m| m.node).collect::<Vec<_>>(),
+        [NodeId(3)]
+    );
+}
+
+async fn checks_are_first_committer_wins_across_writers(s: &RedisStorage) {
+    s.heartbeat(beat(1, Beat::Join, 60_000, 0)).await.unwrap();
+    let first = conditional(vid(10, 1), 1, &[(b"c", None)], &[(b"c", b"1")], &[]);
+    assert_eq!(s.commit(first).await.unwrap(), CommitOutcome::Committed);
+    // Two read-modify-writes of the version they both read: the first wins.
+    let a = conditional(
+        vid(20, 2),
+        1,
+        &[(b"c", Some(vid(10, 1)))],
+        &[(b"c", b"2")],
+        &[],
+    );
+    let b = conditional(
+        vid(21, 3),
+        1,
+        &[(b"c", Some(vid(10, 1)))],
+        &[(b"c", b"2")],
+        &[],
+    );
+    assert_eq!(s.commit(a).await.unwrap(), CommitOutcome::Committed);
+    assert_eq!(s.commit(b).await.unwrap(), CommitOutcome::Conflict(0));
+    assert_eq!(
+        get_one(s, b"c", vid(21, 3)).await,
+        None,
+        "the loser wrote nothing"
+    );
+    // The index names the failed check.
+    let c = conditional(
+        vid(22, 4),
+        1,
+        &[(b"free", None), (b"c", Some(vid(10, 1)))],
+        &[(b"c", b"3")],
+        &[],
+    );
+    assert_eq!(s.commit(c).await.unwrap(), CommitOutcome::Conflict(1));
+    // A blind write with an older id than the head does not move it back.
+    let blind = conditional(vid(15, 5), 1, &[], &[(b"c", b"old")], &[]);
+    assert_eq!(s.commit(blind).await.unwrap(), CommitOutcome::Committed);
+    let d = conditional(
+        vid(30, 6),
+        1,
+        &[(b"c", Some(vid(20, 2)))],
+        &[(b"c", b"4")],
+        &[],
+    );
+    assert_eq!(s.commit(d).await.unwrap(), CommitOutcome::Committed);
+    // A delete moves the head to a tombstone: "nothing read" then passes, a stale read not.
+    let del = conditional(vid(40, 7), 1, &[], &[], &[b"c"]);
+    assert_eq!(s.commit(del).await.unwrap(), CommitOutcome::Committed);
+    let stale = conditional(
+        vid(50, 8),
+        1,
+        &[(b"c", Some(vid(30, 6)))],
+        &[(b"c", b"5")],
+        &[],
+    );
+    assert_eq!(s.commit(stale).await.unwrap(), CommitOutcome::Conflict(0));
+    let absent = conditional(vid(51, 9), 1, &[(b"c", None)], &[(b"c", b"5")], &[]);
+    assert_eq!(s.commit(absent).await.unwrap(), CommitOutcome::Committed);
+    // A dropped head (its tombstone collected) passes any check; a head that moved on stays.
+    let del = conditional(vid(60, 10), 1, &[], &[], &[b"c", b"e"]);
+    assert_eq!(s.commit(del).await.unwrap(), CommitOutcome::Committed);
+    s.drop_heads(vec![vkey(b"c", vid(60, 10)), vkey(b"e", vid(1, 1))])
+        .await
+        .unwrap();
+    let after = conditional(
+        vid(70, 11),
+        1,
+        &[(b"c", Some(vid(10, 1)))],
+        &[(b"c", b"6")],
+        &[],
+    );
+    assert_eq!(s.commit(after).await.unwrap(), CommitOutcome::Committed);
+    let kept = conditional(
+        vid(71, 12),
+        1,
+        &[(b"e", Some(vid(1, 1)))],
+        &[(b"e", b"1")],
+        &[],
+    );
+    assert_eq!(s.commit(kept).await.unwrap(), CommitOutcome::Conflict(0));
+}
+
+async fn the_log_lists_records_in_creation_order(s: &RedisStorage) {
+    assert_eq!(s.log_tail(0, 10).await.unwrap().head, 0);
+    // Created out of id order: the log keeps creation order.
+    for id in [vid(30, 1), vid(10, 2), vid(20, 3)] {
+        commit_ok(s, batch(id, None, &[(b"k", b"v")])).await;
+    }
+    let page = s.log_tail(0, 10).await.unwrap();
+    assert_eq!(page.head, 3);
+    let order: Vec<(u64, VersionId)> = page.records.iter().map(|(p, r)| (*p, r.id)).collect();
+    assert_eq!(order, [(1, vid(30, 1)), (2, vid(10, 2)), (3, vid(20, 3))]);
+    let page = s.log_tail(1, 1).await.unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].0, 2);
+    assert!(s.log_tail(3, 10).await.unwrap().records.is_empty());
+    // Deleted records leave the log.
+    s.delete(vec![], vec![vid(10, 2)]).await.unwrap();
+    let page = s.log_tail(0, 10).await.unwrap();
+    assert_eq!(page.head, 3);
+    let ids: Vec<VersionId> = page.records.iter().map(|(_, r)| r.id).collect();
+    assert_eq!(ids, [vid(30, 1), vid(20, 3)]);
+}
+
+macro_rules! on_both_topologies {
+    ($($name:ident),* $(,)?) => {
+        mod shared_backend {
+            $(
+                mod $name {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn standalone() {
+                        let (s, _server) = super::super::standalone();
+                        super::super::$name(&s).await;
+                    }
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn cluster() {
+                        let (s, _cluster) = super::super::cluster();
+                        super::super::$name(&s).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_topologies!(
+    leases_fence_commits_and_list_live_nodes,
+    checks_are_first_committer_wins_across_writers,
+    the_log_lists_records_in_creation_order,
+);

@@ -80,6 +80,7 @@ pub fn batch(
             idempotency_key: idempotency_key.map(Bytes::copy_from_slice),
             body: Bytes::from(format!("body of {id:?}")),
         },
+        conditions: Default::default(),
     }
 }
 
@@ -505,6 +506,9 @@ pub async fn idempotency_race(storage: Arc<dyn Storage>) {
             match task.await.expect("task") {
                 (id, Ok(CommitOutcome::Committed)) => winners.push(id),
                 (_, Ok(CommitOutcome::Duplicate(of))) => duplicates.push(of),
+                (id, Ok(CommitOutcome::Conflict(i))) => {
+                    panic!("commit {id:?} without checks failed check {i}")
+                }
                 (id, Err(e)) => panic!("commit {id:?} failed: {e}"),
             }
         }

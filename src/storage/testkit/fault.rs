@@ -40,8 +40,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::storage::{
-    BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Durability, Storage, StorageError,
-    VersionId, VersionKey,
+    BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Durability, Heartbeat, LogPage, Member,
+    Storage, StorageError, VersionId, VersionKey,
 };
 
 /// What to inject, and the seed that makes it reproducible.
@@ -503,6 +503,33 @@ impl Storage for FaultyStorage {
             self.reclaims.fetch_add(1, Ordering::Relaxed);
             self.refuse_if_crashed()?;
             let result = self.inner.reclaim_orphans(older_than).await;
+            self.reply(result)
+        })
+    }
+
+    fn heartbeat(
+        &self,
+        beat: Heartbeat,
+    ) -> BoxFuture<'_, Result<Option<Vec<Member>>, StorageError>> {
+        Box::pin(async move {
+            self.refuse_if_crashed()?;
+            let result = self.inner.heartbeat(beat).await;
+            self.reply(result)
+        })
+    }
+
+    fn log_tail(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<LogPage, StorageError>> {
+        Box::pin(async move {
+            self.refuse_if_crashed()?;
+            let result = self.inner.log_tail(after, limit).await;
+            self.reply(result)
+        })
+    }
+
+    fn drop_heads(&self, heads: Vec<VersionKey>) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            self.refuse_if_crashed()?;
+            let result = self.inner.drop_heads(heads).await;
             self.reply(result)
         })
     }

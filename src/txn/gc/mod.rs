@@ -95,6 +95,8 @@ pub struct Snapshots {
 #[derive(Debug, Clone, Copy)]
 struct PinnedReader {
     seq: u64,
+    /// The node's log cursor when it pinned (see [`super::peers`]).
+    pos: u64,
     clock: u64,
     at: Instant,
 }
@@ -120,16 +122,24 @@ impl Snapshots {
     }
 
     /// Registers a reader pinned at `seq` (the current sequence number, read under the same
-    /// lock as this call: never below an earlier pin's) whose clock is `clock`, at time
-    /// `at`; returns its ticket.
-    pub fn pin(&mut self, seq: u64, clock: u64, at: Instant) -> u64 {
+    /// lock as this call: never below an earlier pin's) and at log cursor `pos` (read before
+    /// `seq`), whose clock is `clock`, at time `at`; returns its ticket.
+    pub fn pin(&mut self, seq: u64, pos: u64, clock: u64, at: Instant) -> u64 {
         debug_assert!(self
             .pinned
             .last_key_value()
             .is_none_or(|(_, r)| r.seq <= seq));
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        self.pinned.insert(ticket, PinnedReader { seq, clock, at });
+        self.pinned.insert(
+            ticket,
+            PinnedReader {
+                seq,
+                pos,
+                clock,
+                at,
+            },
+        );
         ticket
     }
 
@@ -200,6 +210,26 @@ impl Snapshots {
         revoked
     }
 
+    /// Revokes every live pin (a node that lost its lease: what they read may be gone);
+    /// returns how many.
+    pub fn revoke_all(&mut self) -> usize {
+        let revoked = self.pinned.len();
+        for (_, reader) in std::mem::take(&mut self.pinned) {
+            remove(&mut self.clocks, reader.clock);
+        }
+        self.revoked_below = self.next_ticket;
+        revoked
+    }
+
+    /// The lowest log cursor of a live pin, or `current` (the node's cursor) if lower.
+    pub fn min_pos(&self, current: u64) -> u64 {
+        self.pinned
+            .values()
+            .map(|r| r.pos)
+            .min()
+            .map_or(current, |p| p.min(current))
+    }
+
     /// How long ago the oldest live pin was taken.
     pub fn oldest_pin_age(&self, now: Instant) -> Option<Duration> {
         self.pinned
@@ -246,6 +276,16 @@ pub struct Work {
     pub versions: Vec<VersionKey>,
     /// Commit records to delete once every version above is deleted.
     pub records: Vec<VersionId>,
+    /// Tombstones that left the index, whose keys' heads a shared backend drops (if they
+    /// still name them).
+    pub heads: Vec<VersionKey>,
+}
+
+impl Work {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty() && self.records.is_empty() && self.heads.is_empty()
+    }
 }
 
 /// The bookkeeping of garbage collection: stored commit records, per-key counts of stored
@@ -258,6 +298,8 @@ pub struct Tracker {
     listing: HashMap<Bytes, u32>,
     /// Versions that left the index, not yet deleted from storage.
     pending: Vec<VersionKey>,
+    /// Tombstones that left the index, whose heads are not yet dropped.
+    pending_heads: Vec<VersionKey>,
     /// Dead records holding an idempotency key, in the order they died.
     dead_idempotent: VecDeque<(Instant, TxnId)>,
     /// Other dead records, in the order they died.
@@ -275,6 +317,7 @@ impl Tracker {
             records: HashMap::new(),
             listing: HashMap::new(),
             pending: Vec::new(),
+            pending_heads: Vec::new(),
             dead_idempotent: VecDeque::new(),
             dead_plain: VecDeque::new(),
             due: Vec::new(),
@@ -336,11 +379,14 @@ impl Tracker {
             record.live = record.live.saturating_sub(1);
             let died = record.live == 0 && record.dead_since.is_none();
             let idempotent = record.idempotent;
-            if d.kind != Kind::Tombstone {
-                self.pending.push(VersionKey {
-                    key: d.key,
-                    version: d.id,
-                });
+            let version = VersionKey {
+                key: d.key,
+                version: d.id,
+            };
+            if d.kind == Kind::Tombstone {
+                self.pending_heads.push(version);
+            } else {
+                self.pending.push(version);
             }
             if died {
                 self.died(d.id.txn, idempotent, now);
@@ -387,7 +433,13 @@ impl Tracker {
         Work {
             versions: std::mem::take(&mut self.pending),
             records,
+            heads: std::mem::take(&mut self.pending_heads),
         }
+    }
+
+    /// Gives back heads whose dropping failed, for the next round.
+    pub fn heads_failed(&mut self, heads: Vec<VersionKey>) {
+        self.pending_heads.extend(heads);
     }
 
     /// Gives back versions whose deletion failed, for the next round.
@@ -586,10 +638,19 @@ impl Engine {
             .keys_removed
             .fetch_add(report.keys_removed as u64, Ordering::Relaxed);
 
+        let work = self.gc.tracker.lock().take_work(Instant::now());
         let Work {
             mut versions,
             records,
-        } = self.gc.tracker.lock().take_work(Instant::now());
+            heads,
+        } = self.release_work(work).await;
+        if !heads.is_empty() && self.peers.shared() {
+            if let Err(e) = self.storage.drop_heads(heads.clone()).await {
+                tracing::warn!(error = %e, "garbage collection: cannot drop key heads; will retry");
+                report.errors += 1;
+                self.gc.tracker.lock().heads_failed(heads);
+            }
+        }
         let mut versions_ok = true;
         while !versions.is_empty() {
             // From the end: each batch costs its own length, not the whole backlog's.

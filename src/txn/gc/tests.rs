@@ -111,9 +111,9 @@ fn watermark_is_below_every_pin_and_clock() {
     assert_eq!(s.watermark(7).min_pin, 7);
     let at = Instant::now();
     let c3 = s.start_clock();
-    let t3 = s.pin(3, c3, at);
+    let t3 = s.pin(3, 0, c3, at);
     let c5 = s.start_clock();
-    let t5 = s.pin(5, c5, at);
+    let t5 = s.pin(5, 0, c5, at);
     assert_eq!(s.min_pin(7), 3);
     s.release(Some(t3), c3);
     assert_eq!(s.min_pin(7), 5);
@@ -142,9 +142,9 @@ fn old_pins_are_revoked_and_release_nothing_twice() {
     let mut s = Snapshots::default();
     let start = Instant::now();
     let old_clock = s.start_clock();
-    let old = s.pin(1, old_clock, start);
+    let old = s.pin(1, 0, old_clock, start);
     let young_clock = s.start_clock();
-    let young = s.pin(1, young_clock, start + Duration::from_secs(50));
+    let young = s.pin(1, 0, young_clock, start + Duration::from_secs(50));
     assert_eq!(
         s.oldest_pin_age(start + Duration::from_secs(60)),
         Some(Duration::from_secs(60))
