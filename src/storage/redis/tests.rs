@@ -456,6 +456,39 @@ async fn cluster_orphans_are_reclaimed_and_their_commit_cannot_finish() {
     assert_eq!(ids, vec![vid(2, 2)]);
 }
 
+/// Another node resends a cluster commit (its outcome was unknown there) while this node's
+/// orphan reclamation has taken its marker and is deleting its versions: the resend must not
+/// make a fresh marker and commit over versions being deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_cluster_commit_cannot_revive_a_taken_marker() {
+    let (s, _cluster) = cluster();
+    let id = vid(1, 1);
+    let pairs: Vec<(&[u8], &[u8])> = vec![(b"a", b"1"), (b"b", b"2")];
+    half_commit(&s, id, &[b"a", b"b"]).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The first step of a reclamation: the marker is taken, the versions not yet deleted.
+    s.eval(
+        &s.scripts.reclaim,
+        vec![
+            bytes(&s.layout.rec),
+            bytes(&s.layout.pending),
+            bytes(&s.layout.pendkeys),
+        ],
+        vec![text("0"), text("100")],
+    )
+    .await
+    .unwrap();
+    let resent = s.commit(batch(id, None, &pairs)).await;
+    assert!(
+        matches!(resent, Err(StorageError::Io(_))),
+        "the resend must fail: {resent:?}"
+    );
+    assert!(scan_all(&*s).await.is_empty(), "no record over doomed versions");
+    // The reclamation finishes; the commit is gone for good.
+    assert_eq!(s.reclaim_orphans(Duration::ZERO).await.unwrap(), 2);
+    assert!(scan_all(&*s).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_commits_leave_no_marker_and_duplicates_leave_no_versions() {
     let (s, _cluster) = cluster();
