@@ -3,7 +3,9 @@
 # run, each workload direct then through aft (interleaved), 50 connections:
 #
 #   SET and GET with redis-benchmark, pipeline 1 and 16 (random keys out of 100,000);
-#   TXN: MULTI, 2 GET, 2 SET, EXEC sent in one round trip (examples/txn_load.rs).
+#   TXN: MULTI, 2 GET, 2 SET, EXEC sent in one round trip (examples/txn_load.rs);
+#   then the same three workloads (pipeline 1) with three aft nodes on the one Redis (`-3N`):
+#   three load generators at once, one per node (direct: all three at Redis), summed.
 #
 # Prints `workload direct aft ratio` (requests or transactions per second; ratio = aft/direct).
 # Everything runs on this machine's loopback, so the load generators, Redis and aft share the
@@ -35,7 +37,9 @@ free_port() {
 work=$(mktemp -d)
 redis_pid=""
 aft_pid=""
+more_pids=()
 cleanup() {
+  for pid in "${more_pids[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
   [[ -n $aft_pid ]] && kill "$aft_pid" 2>/dev/null && wait "$aft_pid" 2>/dev/null
   [[ -n $redis_pid ]] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
   rm -rf "$work"
@@ -76,24 +80,65 @@ run() { # workload port
   esac
 }
 
-bench_redis() { # port test pipeline
-  redis-benchmark -h 127.0.0.1 -p "$1" -t "$2" -P "$3" -c "$clients" -n "$requests" \
+bench_redis() { # port test pipeline [clients] [requests]
+  redis-benchmark -h 127.0.0.1 -p "$1" -t "$2" -P "$3" -c "${4:-$clients}" -n "${5:-$requests}" \
     -r "$keyspace" --csv 2>/dev/null | awk -F'"' -v t="${2^^}" '$2 == t {print $4}'
 }
 
-workloads=(SET-P1 GET-P1 SET-P16 GET-P16 TXN)
+# One figure for `workload` run as three load generators at once, on `ports` (three, or
+# the same one three times), each with a third of the connections and of the work: the sum.
+run_split() { # workload port port port
+  local workload=$1; shift
+  local i=0 pids=()
+  for port in "$@"; do
+    i=$((i + 1))
+    case $workload in
+      SET-3N) bench_redis "$port" set 1 $((clients / 3)) $((requests / 3)) >"$work/split.$i" & ;;
+      GET-3N) bench_redis "$port" get 1 $((clients / 3)) $((requests / 3)) >"$work/split.$i" & ;;
+      TXN-3N) "$txn_load" --port "$port" --connections $((clients / 3)) --txns $((txns / 3)) \
+        --keys "$keyspace" --csv | awk -F'"' '/"TXN"/ {print $4}' >"$work/split.$i" & ;;
+    esac
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  cat "$work"/split.* | awk '{s += $1} END {print s}'
+  rm -f "$work"/split.*
+}
+
 declare -A direct aft_rate
-for w in "${workloads[@]}"; do direct[$w]=0; aft_rate[$w]=0; done
+# Adds one round's figures of a workload: direct, then through aft.
+record() { # round workload direct aft
+  [[ -n $3 && -n $4 ]] || { echo "bench: $2 produced no figure" >&2; exit 1; }
+  echo "round $1: $2 direct $3 aft $4" >&2
+  direct[$2]=$(awk -v x="${direct[$2]:-0}" -v y="$3" 'BEGIN {print x + y}')
+  aft_rate[$2]=$(awk -v x="${aft_rate[$2]:-0}" -v y="$4" 'BEGIN {print x + y}')
+}
+
+workloads=(SET-P1 GET-P1 SET-P16 GET-P16 TXN)
 for round in $(seq 1 "$rounds"); do
   for w in "${workloads[@]}"; do
-    d=$(run "$w" "$redis_port")
-    a=$(run "$w" "$aft_port")
-    [[ -n $d && -n $a ]] || { echo "bench: $w produced no figure" >&2; exit 1; }
-    echo "round $round: $w direct $d aft $a" >&2
-    direct[$w]=$(awk -v x="${direct[$w]}" -v y="$d" 'BEGIN {print x + y}')
-    aft_rate[$w]=$(awk -v x="${aft_rate[$w]}" -v y="$a" 'BEGIN {print x + y}')
+    record "$round" "$w" "$(run "$w" "$redis_port")" "$(run "$w" "$aft_port")"
   done
 done
+
+# Two more nodes on the same Redis and prefix.
+node_ports=("$aft_port")
+for n in 2 3; do
+  port=$(free_port)
+  "$aft" serve --listen "127.0.0.1:$port" --backend "redis://127.0.0.1:$redis_port" \
+    --data-dir "$work/aft$n" --log warn &
+  more_pids+=($!)
+  wait_for "$port"
+  node_ports+=("$port")
+done
+split=(SET-3N GET-3N TXN-3N)
+for round in $(seq 1 "$rounds"); do
+  for w in "${split[@]}"; do
+    record "$round" "$w" "$(run_split "$w" "$redis_port" "$redis_port" "$redis_port")" \
+      "$(run_split "$w" "${node_ports[@]}")"
+  done
+done
+workloads+=("${split[@]}")
 
 printf '%-10s %12s %12s %7s\n' workload direct aft ratio
 for w in "${workloads[@]}"; do

@@ -35,6 +35,7 @@ pub fn txn_error_reply(e: &TxnError) -> Reply {
             "ERR snapshot too old: the transaction's snapshot is older than {} ms (max_snapshot_age_ms) and what it read may have been collected; it was aborted, nothing was applied, run it again",
             limit.as_millis()
         )),
+        TxnError::Rejoined => Reply::error(format!("ERR {e}")),
         TxnError::Internal(m) => Reply::error(format!("ERR internal error: {m}")),
     }
 }

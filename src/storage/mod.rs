@@ -183,6 +183,10 @@ pub struct Conditions {
     /// The committing node: the record is created only while its lease is live, so that a
     /// node others consider dead cannot commit ([`StorageError::Fenced`]).
     pub node: Option<NodeId>,
+    /// When the commit started by the committer's clock (ms since the epoch): a backend that
+    /// judges lease expiry by the committer's clock (DynamoDB) checks the lease at this
+    /// time, the same in every resend of the commit.
+    pub at_ms: u64,
     /// `(key, version read)`: the commit is refused with [`CommitOutcome::Conflict`] (the
     /// index of the first failed check) unless the key's head is that version, or the key
     /// has no head (collected), or nothing was read (`None`) and the head is a tombstone.
@@ -345,6 +349,14 @@ pub trait Storage: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Option<Vec<Member>>, StorageError>> {
         let _ = beat;
         Box::pin(async { Ok(None) })
+    }
+
+    /// Whether several live nodes may commit at once (the backend checks [`Conditions`] and
+    /// keeps [`Storage::log_tail`]). A backend that keeps leases but not this (the default)
+    /// has one live node at a time: [`Storage::heartbeat`] refuses to let a node join while
+    /// another's lease runs, and commits check the committer's lease.
+    fn multi_writer(&self) -> bool {
+        false
     }
 
     /// Commit records created after log position `after`, in the order they were created

@@ -484,6 +484,9 @@ impl Engine {
             Err(e) => {
                 self.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
                 self.gc.tracker.lock().orphans(pending.orphans());
+                if matches!(e, StorageError::Fenced(_)) {
+                    self.commit_fenced();
+                }
                 Err(TxnError::Storage(e))
             }
         }

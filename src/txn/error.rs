@@ -21,6 +21,13 @@ pub enum TxnError {
     /// may have been collected. Nothing was written; it may be run again.
     #[error("snapshot too old: the transaction read a snapshot taken more than {} ms ago", .0.as_millis())]
     SnapshotTooOld(Duration),
+    /// The backend refused the commit because this node's lease had expired (the backend was
+    /// unreachable for longer than the lease, or the node was paused); the node rejoined.
+    /// Nothing was written; it may be run again.
+    #[error(
+        "this node's lease had expired (it has rejoined); nothing was committed, run it again"
+    )]
+    Rejoined,
     /// The backend failed; see [`StorageError`] for whether anything was committed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -31,8 +38,12 @@ pub enum TxnError {
 
 impl TxnError {
     /// Whether the transaction can simply run again from scratch, its client having seen
-    /// nothing of it (write conflicts and revoked snapshots).
+    /// nothing of it (write conflicts, revoked snapshots, a commit refused while its node
+    /// rejoined).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, TxnError::Conflict | TxnError::SnapshotTooOld(_))
+        matches!(
+            self,
+            TxnError::Conflict | TxnError::SnapshotTooOld(_) | TxnError::Rejoined
+        )
     }
 }

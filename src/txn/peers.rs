@@ -4,7 +4,7 @@
 //!
 //! # Membership
 //!
-//! A node joins with a lease ([`Storage::heartbeat`]) before it loads anything and renews it
+//! A node joins with a lease ([`Storage::heartbeat`](crate::storage::Storage::heartbeat)) before it loads anything and renews it
 //! every [`PeersConfig::lease`] / 5 in the background. A node whose lease expired is dead to
 //! the others: its watermark stops holding collection back, and the backend refuses its
 //! commits and renewals (the commit record is created only while the committing node's lease
@@ -15,7 +15,8 @@
 //!
 //! # The commit log
 //!
-//! The backend positions commit records in the order it created them ([`Storage::log_tail`]).
+//! The backend positions commit records in the order it created them
+//! ([`Storage::log_tail`](crate::storage::Storage::log_tail)).
 //! A node applies the log in that order, a page at a time, each record whole (one sequence
 //! number: a commit enters the commit set whole, so reads stay read atomic across nodes),
 //! advancing its hybrid clock past every timestamp it learns. Its *cursor* is the position up
@@ -29,7 +30,10 @@
 //! shared by every transaction that begins while it is in flight (a *round*; a transaction
 //! waits for a round that started after it arrived, so at most one round trip, and usually a
 //! shared one). With [`Freshness::Bounded`] it does not wait: the background tailer applies
-//! remote commits every [`PeersConfig::tail_interval`], and INFO reports the lag.
+//! remote commits every [`PeersConfig::tail_interval`], and INFO reports the lag. A node
+//! that knows it is alone (its last membership view, younger than [`VIEW_FRESH`], lists only
+//! itself) does not wait either: a node that joins it waits [`JOIN_WAIT`] before it serves,
+//! by which time the first node's view lists it.
 //!
 //! # Garbage collection
 //!
@@ -141,7 +145,12 @@ struct Deferred {
 /// A node's multi-node state, held by its [`Engine`].
 pub(crate) struct Peers {
     node: Mutex<NodeId>,
+    /// Several nodes may commit at once: the log, the checks and the deferral are on.
     shared: AtomicBool,
+    /// The node holds a lease, renewed in the background and checked by its commits.
+    leased: AtomicBool,
+    /// A node of a one-writer backend lost its lease to another: it refuses transactions.
+    fenced: AtomicBool,
     /// Every record at or below this log position is applied.
     pub(super) cursor: AtomicU64,
     /// The newest log position seen.
@@ -164,6 +173,11 @@ pub(crate) struct Peers {
     pub(super) rejoins: AtomicU64,
     /// Set once the node has loaded the commit set: until then its watermark is zero.
     loaded: AtomicBool,
+    /// Serialises rejoins.
+    rejoining: tokio::sync::Mutex<()>,
+    /// Until when (ms on [`Peers::epoch`]) the node knows it is the only live node.
+    alone_until_ms: AtomicU64,
+    epoch: Instant,
 }
 
 /// What INFO shows of the multi-node machinery.
@@ -200,6 +214,8 @@ impl Peers {
         Peers {
             node: Mutex::new(NodeId(rand::random())),
             shared: AtomicBool::new(false),
+            leased: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
             cursor: AtomicU64::new(0),
             head: AtomicU64::new(0),
             view: Mutex::new(View::default()),
@@ -215,12 +231,25 @@ impl Peers {
             lag_max_ms: AtomicU64::new(0),
             rejoins: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
+            rejoining: tokio::sync::Mutex::new(()),
+            alone_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
     /// Whether other processes may use the backend (membership is on).
     pub(super) fn shared(&self) -> bool {
         self.shared.load(Ordering::Acquire)
+    }
+
+    /// Whether the node lost a one-writer backend's lease to another (it serves nothing).
+    pub(super) fn fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
+    }
+
+    /// Whether the node holds a lease that its commits check.
+    pub(super) fn leased(&self) -> bool {
+        self.leased.load(Ordering::Acquire)
     }
 
     /// This node's current id.
@@ -232,12 +261,34 @@ impl Peers {
 impl Engine {
     /// Joins the backend's membership. Returns whether other live nodes were found (`false`
     /// also on a backend only one process uses).
+    ///
+    /// On a one-writer backend whose lease another node holds, waits for it to expire (a
+    /// node restarted after a crash finds its predecessor's lease), for up to the lease
+    /// and a second; then the refusal is the answer (the holder is alive and renewing).
     pub(super) async fn join(&self) -> Result<bool, StorageError> {
         let node = self.peers.node();
-        let members = self.heartbeat(Beat::Join, node).await?;
+        let deadline = Instant::now() + self.peers.config.lease + Duration::from_secs(1);
+        let mut warned = false;
+        let members = loop {
+            match self.heartbeat(Beat::Join, node).await {
+                Err(StorageError::Fenced(e)) if Instant::now() < deadline => {
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(error = %e, "waiting for the backend's writer lease");
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => break other?,
+            }
+        };
         let Some(members) = members else {
             return Ok(false);
         };
+        self.peers.leased.store(true, Ordering::Release);
+        if !self.storage.multi_writer() {
+            tracing::info!(%node, "holds the backend's writer lease");
+            return Ok(false);
+        }
         self.peers.shared.store(true, Ordering::Release);
         let others = members.iter().any(|m| m.node != node);
         tracing::info!(%node, nodes = members.len(), "joined the nodes sharing the backend");
@@ -264,6 +315,14 @@ impl Engine {
             })
             .await?;
         if let Some(members) = &members {
+            let alone = members.iter().all(|m| m.node == node);
+            let until = if alone {
+                let at = asked.saturating_duration_since(self.peers.epoch) + VIEW_FRESH;
+                u64::try_from(at.as_millis()).unwrap_or(u64::MAX)
+            } else {
+                0
+            };
+            self.peers.alone_until_ms.store(until, Ordering::Release);
             let mut view = self.peers.view.lock();
             view.members = members.clone();
             view.at = Some(asked);
@@ -286,33 +345,74 @@ impl Engine {
         (pos, clock)
     }
 
-    /// Renews the lease; a lease found expired is replaced (see the module documentation).
+    /// Renews the lease; a lease found expired is replaced (see the module documentation),
+    /// except on a one-writer backend, where the node then refuses every transaction (the
+    /// commit set it holds misses what the node that took over committed).
     async fn renew(&self) {
+        if self.peers.fenced.load(Ordering::Acquire) {
+            return;
+        }
         let node = self.peers.node();
         match self.heartbeat(Beat::Renew, node).await {
             Ok(_) => {}
-            Err(StorageError::Fenced(_)) => {
-                let fresh = NodeId(rand::random());
-                *self.peers.node.lock() = fresh;
+            Err(StorageError::Fenced(e)) if !self.peers.shared() => {
+                self.peers.fenced.store(true, Ordering::Release);
                 let revoked = self.revoke_all_snapshots();
                 self.peers.rejoins.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    old = %node,
-                    new = %fresh,
+                tracing::error!(
+                    %node,
                     revoked,
-                    "this node's lease expired (others may have taken over); rejoining under a new id"
+                    error = %e,
+                    "this node lost the backend's writer lease: it refuses every transaction; restart it to serve again"
                 );
-                if let Err(e) = self.heartbeat(Beat::Join, fresh).await {
-                    tracing::warn!(error = %e, "cannot rejoin; will retry");
-                }
             }
+            Err(StorageError::Fenced(_)) => self.rejoin_after(node).await,
             Err(e) => tracing::warn!(error = %e, "cannot renew this node's lease; will retry"),
         }
     }
 
+    /// Rejoins under a new id after the lease of `expired` was found expired (by a renewal
+    /// or a commit), unless that already happened: its snapshots are revoked (what they
+    /// read may be gone), and no commit still in flight under the old id can pass the fence.
+    pub(super) async fn rejoin_after(&self, expired: NodeId) {
+        let _one_at_a_time = self.peers.rejoining.lock().await;
+        if self.peers.node() != expired {
+            return;
+        }
+        let fresh = NodeId(rand::random());
+        *self.peers.node.lock() = fresh;
+        let revoked = self.revoke_all_snapshots();
+        self.peers.rejoins.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            old = %expired,
+            new = %fresh,
+            revoked,
+            "this node's lease expired (others may have taken over); rejoining under a new id"
+        );
+        if let Err(e) = self.heartbeat(Beat::Join, fresh).await {
+            tracing::warn!(error = %e, "cannot rejoin; will retry");
+        }
+    }
+
+    /// A commit of this node was refused by the fence. On a one-writer backend the node
+    /// stops serving at once (as [`Engine::renew`] would find); on a shared one its next
+    /// renewal rejoins.
+    pub(super) fn commit_fenced(&self) {
+        if self.peers.shared() || self.peers.fenced.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let revoked = self.revoke_all_snapshots();
+        self.peers.rejoins.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            node = %self.peers.node(),
+            revoked,
+            "a commit found that this node lost the backend's writer lease: it refuses every transaction; restart it to serve again"
+        );
+    }
+
     /// Gives the lease up (a clean shutdown), best effort.
     pub(super) async fn leave(&self) {
-        if !self.peers.shared() {
+        if !self.peers.leased() || self.peers.fenced.load(Ordering::Acquire) {
             return;
         }
         let node = self.peers.node();
@@ -374,11 +474,35 @@ impl Engine {
     }
 
     /// Catches up before a transaction begins, if the freshness setting asks for it.
+    /// Fails on a node that lost a one-writer backend's lease.
     pub(super) async fn fresh(&self) -> Result<(), TxnError> {
-        match self.peers.config.freshness {
-            Freshness::RealTime => self.catch_up().await,
-            Freshness::Bounded => Ok(()),
+        if self.peers.fenced.load(Ordering::Acquire) {
+            return Err(TxnError::Storage(StorageError::Fenced(
+                format!(
+                    "{}: this node lost the backend's writer lease to another node; restart it to serve again",
+                    self.storage.name()
+                )
+                .into(),
+            )));
         }
+        match self.peers.config.freshness {
+            Freshness::RealTime if !self.alone() => self.catch_up().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this node knows it is the only live one, from a view younger than
+    /// [`VIEW_FRESH`]: then no other node can have acknowledged a commit it does not know,
+    /// since a node that joins others waits [`JOIN_WAIT`] (longer) before it serves.
+    fn alone(&self) -> bool {
+        let now = self.peers.epoch.elapsed().as_millis();
+        u128::from(self.peers.alone_until_ms.load(Ordering::Acquire)) > now
+    }
+
+    /// Whether this node lost a one-writer backend's lease to another node: it then serves
+    /// nothing and collects nothing.
+    pub fn is_fenced(&self) -> bool {
+        self.peers.fenced()
     }
 
     /// Catches up before WATCH takes the versions it watches (as [`Engine::begin_fresh`]).
@@ -445,7 +569,11 @@ impl Engine {
     }
 
     fn spawn_every(self: &Arc<Self>, interval: Duration, task: Task) {
-        if !self.peers.shared() {
+        let wanted = match task {
+            Task::Renew => self.peers.leased(),
+            Task::Tail => self.peers.shared(),
+        };
+        if !wanted {
             return;
         }
         let handle = tokio::spawn(every(
@@ -585,7 +713,7 @@ impl Engine {
     }
 }
 
-/// A background task of [`Engine::start_peers`].
+/// A background task of [`Engine::start_renewals`] or [`Engine::start_tailer`].
 #[derive(Clone, Copy)]
 enum Task {
     Tail,
@@ -608,6 +736,8 @@ async fn every(engine: Weak<Engine>, stop: Arc<Notify>, interval: Duration, task
         }
         match task {
             Task::Renew => engine.renew().await,
+            // Alone, there is nothing to learn (garbage collection still reads the log).
+            Task::Tail if engine.alone() => {}
             Task::Tail => match engine.catch_up().await {
                 Ok(()) => failures = 0,
                 Err(e) => {

@@ -56,9 +56,20 @@ impl<'w> Runner<'w> {
     }
 
     /// A fresh transaction for the next attempt, after catching up with the commits of
-    /// other nodes (see [`Engine::begin_fresh`]).
+    /// other nodes (see [`Engine::begin_fresh`]). A first attempt fails at once if the
+    /// backend is unavailable for that; a retry (its client already waits for a conflict to
+    /// clear) tries again until the retry limit.
     pub async fn begin(&self) -> Result<Txn, TxnError> {
-        self.engine.begin_fresh().await
+        loop {
+            match self.engine.begin_fresh().await {
+                Err(TxnError::Storage(e))
+                    if e.is_retryable() && self.deadline.is_some_and(|d| Instant::now() < d) =>
+                {
+                    tokio::time::sleep(RETRY_WAIT * 4).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Ends an attempt whose body returned `body`: commits `txn` if the body succeeded,

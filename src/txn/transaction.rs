@@ -591,12 +591,22 @@ impl Txn {
             checks.extend(self.checks.iter().map(|(k, v)| (k.clone(), *v)));
             let conditions = Conditions {
                 node: Some(engine.peers.node()),
+                at_ms: clock::Clock::physical_ms(id.ts),
                 checks,
                 deleted: Vec::new(),
             };
             (conditions, watched)
         } else {
-            (Conditions::default(), 0)
+            // A one-writer backend checks only the committer's lease.
+            let node = engine.peers.leased().then(|| engine.peers.node());
+            (
+                Conditions {
+                    node,
+                    at_ms: clock::Clock::physical_ms(id.ts),
+                    ..Conditions::default()
+                },
+                0,
+            )
         };
         // The rest runs in its own task: once the commit is sent, a client that goes away
         // cannot leave it durable but unpublished, nor a FLUSHALL half fenced.
@@ -615,9 +625,20 @@ impl Txn {
                 drop(flushing);
                 writes.extend(doomed.into_iter().map(|k| (k, None)));
             }
+            let committer = conditions.node;
             let pending = PendingCommit::new(id, writes, idempotency_key, conditions, watched);
             let outcome = engine.storage.commit(pending.batch.clone()).await;
-            engine.settle(outcome, pending, guard)
+            let settled = engine.settle(outcome, pending, guard);
+            match (settled, committer) {
+                (Err(TxnError::Storage(StorageError::Fenced(_))), Some(node))
+                    if engine.peers.shared() =>
+                {
+                    // Refused whole: nothing was written. Rejoin, and let it run again.
+                    engine.rejoin_after(node).await;
+                    Err(TxnError::Rejoined)
+                }
+                (settled, _) => settled,
+            }
         });
         task.await
             .map_err(|e| TxnError::Internal(format!("commit task failed: {e}")))?

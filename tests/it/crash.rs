@@ -408,7 +408,13 @@ fn acknowledged_transactions_survive_kill_9_whole_on_dynamodb() {
         .build()
         .expect("emulator runtime");
     let emulator = runtime.block_on(Emulator::start());
-    kill_9_under_load(&["--backend", &emulator.url("aft-crash")]);
+    // A short lease: each restart waits for the killed process's lease to expire.
+    kill_9_under_load(&[
+        "--backend",
+        &emulator.url("aft-crash"),
+        "--lease-ms",
+        "1000",
+    ]);
     drop(emulator);
 }
 

@@ -96,7 +96,8 @@ fn big_transactions_survive_kill_9_whole_on_dynamodb() {
         .expect("runtime");
     let emulator = runtime.block_on(Emulator::start());
     let url = emulator.url("aft-big");
-    let args = ["--backend", url.as_str()];
+    // A short lease: each restart waits for the killed process's lease to expire.
+    let args = ["--backend", url.as_str(), "--lease-ms", "1000"];
     let dir = tempfile::tempdir().expect("tempdir");
     let acked = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));

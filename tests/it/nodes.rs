@@ -512,6 +512,95 @@ on_every_redis_backend!(
     a_snapshot_on_one_node_holds_collection_back_on_the_others,
 );
 
+/// Runs `aft serve` over `url` expecting it to refuse to start; returns what it printed.
+fn refused_start(url: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = crate::harness::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aft"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--backend",
+            url,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn aft");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a second node on the table started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(!out.status.success(), "it must exit with an error");
+    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+}
+
+/// Sends a signal to a process with the system's `kill`.
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_at_a_time_serves_a_dynamodb_table() {
+    let backend = Shared::start("dynamodb").await;
+    let url = backend.url();
+    let mut a = Node::start_with(&url, &["--lease-ms", "1500"]).await;
+    let mut ca = a.client().await;
+    // A renews its lease: it still commits well after the lease's length.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(text(&mut ca, &["SET", "balance", "100"]).await, "OK");
+    assert_eq!(pay(&mut ca, "payment-1", "a", true).await, "OK");
+
+    // A second node is refused while A holds the lease, and says who holds it.
+    let owned = url.clone();
+    let refused = tokio::task::spawn_blocking(move || refused_start(&owned))
+        .await
+        .expect("second node");
+    assert!(refused.contains("served by"), "{refused}");
+
+    // A dies; once its lease expired, B takes over with everything A acknowledged, and the
+    // retry of A's function is recognised.
+    a.kill9();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let b = Node::start_with(&url, &["--lease-ms", "1500"]).await;
+    let mut cb = b.client().await;
+    assert_eq!(text(&mut cb, &["GET", "balance"]).await, "70");
+    let retry = pay(&mut cb, "payment-1", "b", true).await;
+    assert!(retry.contains("COMMITTED"), "{retry}");
+    assert_eq!(text(&mut cb, &["GET", "balance"]).await, "70");
+
+    // B is paused past its lease and C takes over; B, resumed, commits nothing.
+    let pid = b.process.as_ref().expect("running").child.id();
+    signal(pid, "STOP");
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let c = Node::start_with(&url, &["--lease-ms", "1500"]).await;
+    let mut cc = c.client().await;
+    assert_eq!(text(&mut cc, &["INCRBY", "balance", "5"]).await, "75");
+    signal(pid, "CONT");
+    let late = text(&mut cb, &["INCRBY", "balance", "1000"]).await;
+    assert!(late.contains("lease"), "B's late commit: {late}");
+    // From then on, B serves nothing (not even stale reads).
+    let later = text(&mut cb, &["GET", "balance"]).await;
+    assert!(later.contains("lease"), "B after it noticed: {later}");
+    assert_eq!(text(&mut cc, &["GET", "balance"]).await, "75");
+}
+
 /// Standalone Redis stalled with `DEBUG SLEEP`: node A's increment times out (outcome
 /// unknown) and A is killed before Redis wakes up and applies it. Node B, started
 /// afterwards, counts it: the next increment says 12, not 11.

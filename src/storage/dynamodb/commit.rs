@@ -21,6 +21,26 @@ use super::stats::bump;
 use super::{DynamoDbStorage, BACKEND};
 use crate::storage::{record, CommitBatch, CommitOutcome, Failure, StorageError, VersionId};
 
+/// What a commit writes besides its versions, and the checks of its final transaction.
+struct RecordItems {
+    /// The encoded record's overflow chunks.
+    chunks: Vec<Item>,
+    /// The record's head (put only if it does not exist).
+    head: Item,
+    /// The idempotency entry (put only if it does not exist).
+    idempotency: Option<Item>,
+    /// The check of the committer's lease.
+    lease: Option<TransactWriteItem>,
+}
+
+/// Positions of the conditional actions in a commit's final transaction.
+struct Conditional {
+    record_at: usize,
+    idempotency_at: Option<usize>,
+    marker_at: Option<usize>,
+    lease_at: Option<usize>,
+}
+
 impl DynamoDbStorage {
     /// Writes the directory entry of `id`'s commit partition, unless this process did already.
     async fn register_partition(&self, id: VersionId) -> Result<(), StorageError> {
@@ -56,8 +76,15 @@ impl DynamoDbStorage {
         batch: CommitBatch,
     ) -> Result<CommitOutcome, StorageError> {
         let CommitBatch {
-            versions, record, ..
+            versions,
+            record,
+            conditions,
         } = batch;
+        // One node at a time serves a table: its commits check its lease (see `lease`).
+        let lease = conditions
+            .node
+            .map(|node| self.lease_check(node, conditions.at_ms))
+            .transpose()?;
         let id = record.id;
         let chunk = self.limits.chunk_bytes;
         // One version per key: the last one, as every backend applies them in order.
@@ -87,8 +114,11 @@ impl DynamoDbStorage {
 
         self.register_partition(id).await?;
 
-        let count =
-            version_items.len() + record_chunks.len() + 1 + usize::from(idempotency.is_some());
+        let count = version_items.len()
+            + record_chunks.len()
+            + 1
+            + usize::from(idempotency.is_some())
+            + usize::from(lease.is_some());
         let bytes: usize = version_items
             .iter()
             .chain(&record_chunks)
@@ -96,27 +126,23 @@ impl DynamoDbStorage {
             .chain(idempotency.iter())
             .map(item_size)
             .sum();
-        if count <= self.limits.txn_max_items && bytes <= self.limits.txn_max_bytes {
-            let outcome = self
-                .commit_fast(id, version_items, record_chunks, record_head, idempotency)
-                .await?;
-            bump(&self.counters.fast_commits, 1);
-            return Ok(outcome);
-        }
+        let fast = count <= self.limits.txn_max_items && bytes <= self.limits.txn_max_bytes;
         let plan = MarkerPlan {
             record_chunks: record_chunks.len() as u32,
             versions: plan,
         };
-        let outcome = self
-            .commit_general(
-                id,
-                plan,
-                version_items,
-                record_chunks,
-                record_head,
-                idempotency,
-            )
-            .await?;
+        let record = RecordItems {
+            chunks: record_chunks,
+            head: record_head,
+            idempotency,
+            lease,
+        };
+        if fast {
+            let outcome = self.commit_fast(id, version_items, record).await?;
+            bump(&self.counters.fast_commits, 1);
+            return Ok(outcome);
+        }
+        let outcome = self.commit_general(id, plan, version_items, record).await?;
         bump(&self.counters.general_commits, 1);
         Ok(outcome)
     }
@@ -126,38 +152,49 @@ impl DynamoDbStorage {
         &self,
         id: VersionId,
         versions: Vec<Item>,
-        record_chunks: Vec<Item>,
-        record_head: Item,
-        idempotency: Option<Item>,
+        record: RecordItems,
     ) -> Result<CommitOutcome, StorageError> {
-        let mut actions = Vec::with_capacity(versions.len() + record_chunks.len() + 2);
-        for item in versions.into_iter().chain(record_chunks) {
+        let mut actions = Vec::with_capacity(versions.len() + record.chunks.len() + 3);
+        for item in versions.into_iter().chain(record.chunks) {
             actions.push(put_action(&self.table, item)?);
         }
         let record_at = actions.len();
-        actions.push(put_new_action(&self.table, record_head)?);
-        let idempotency_at = match idempotency {
+        actions.push(put_new_action(&self.table, record.head)?);
+        let idempotency_at = match record.idempotency {
             Some(item) => {
                 actions.push(put_new_action(&self.table, item)?);
                 Some(actions.len() - 1)
             }
             None => None,
         };
-        self.final_transaction(id, actions, "f", record_at, idempotency_at, None)
-            .await
+        let lease_at = record.lease.map(|check| {
+            actions.push(check);
+            actions.len() - 1
+        });
+        let at = Conditional {
+            record_at,
+            idempotency_at,
+            marker_at: None,
+            lease_at,
+        };
+        self.final_transaction(id, actions, "f", at).await
     }
 
-    /// Sends a commit's transaction and interprets its outcome. `record_at`,
-    /// `idempotency_at`, `marker_at`: positions of the conditional actions.
+    /// Sends a commit's transaction and interprets its outcome, from the positions of its
+    /// conditional actions.
     async fn final_transaction(
         &self,
         id: VersionId,
         actions: Vec<TransactWriteItem>,
         kind: &str,
-        record_at: usize,
-        idempotency_at: Option<usize>,
-        marker_at: Option<usize>,
+        at: Conditional,
     ) -> Result<CommitOutcome, StorageError> {
+        let Conditional {
+            record_at,
+            idempotency_at,
+            marker_at,
+            lease_at,
+        } = at;
         let token = request_token(kind, id);
         let mut ambiguous = false;
         // A duplicate whose entry disappears before we read it (deleted with its commit) lets
@@ -195,6 +232,9 @@ impl DynamoDbStorage {
             if failed(Some(record_at)) {
                 // Only this commit writes a record with this id: an earlier attempt applied.
                 return Ok(CommitOutcome::Committed);
+            }
+            if failed(lease_at) {
+                return Err(self.fenced());
             }
             if failed(marker_at) {
                 return Err(StorageError::Io(Failure::new(
@@ -254,10 +294,14 @@ impl DynamoDbStorage {
         id: VersionId,
         plan: MarkerPlan,
         versions: Vec<Item>,
-        record_chunks: Vec<Item>,
-        record_head: Item,
-        idempotency: Option<Item>,
+        record: RecordItems,
     ) -> Result<CommitOutcome, StorageError> {
+        let RecordItems {
+            chunks: record_chunks,
+            head: record_head,
+            idempotency,
+            lease,
+        } = record;
         let sk = id.to_bytes().to_vec();
         if let Some(item) = &idempotency {
             if let Some(existing) = self.read_idempotent_item(item).await? {
@@ -318,9 +362,35 @@ impl DynamoDbStorage {
             .map_err(build_failed)?;
         actions.push(TransactWriteItem::builder().update(done).build());
         let marker_at = actions.len() - 1;
+        let lease_at = lease.map(|check| {
+            actions.push(check);
+            actions.len() - 1
+        });
         let outcome = self
-            .final_transaction(id, actions, "g", 0, idempotency_at, Some(marker_at))
-            .await?;
+            .final_transaction(
+                id,
+                actions,
+                "g",
+                Conditional {
+                    record_at: 0,
+                    idempotency_at,
+                    marker_at: Some(marker_at),
+                    lease_at,
+                },
+            )
+            .await;
+        let outcome = match outcome {
+            Err(StorageError::Fenced(f)) => {
+                if let Err(e) = self.abandon(id).await {
+                    tracing::warn!(
+                        ?id,
+                        "dynamodb: fenced commit's versions left for clean-up: {e}"
+                    );
+                }
+                return Err(StorageError::Fenced(f));
+            }
+            other => other?,
+        };
         match outcome {
             CommitOutcome::Committed => {
                 if let Err(e) = self.delete_marker(id, marker_chunk_count).await {

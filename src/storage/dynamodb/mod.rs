@@ -129,6 +129,7 @@ mod api;
 mod commit;
 mod delete;
 mod layout;
+mod lease;
 mod options;
 mod read;
 mod recovery;
@@ -327,5 +328,13 @@ impl Storage for DynamoDbStorage {
     /// commits that did.
     fn reclaim_orphans(&self, older_than: Duration) -> BoxFuture<'_, Result<u64, StorageError>> {
         Box::pin(self.open_call(self.reclaim_now(older_than)))
+    }
+
+    /// The table's writer lease (see the `lease` module): one node at a time.
+    fn heartbeat(
+        &self,
+        beat: crate::storage::Heartbeat,
+    ) -> BoxFuture<'_, Result<Option<Vec<crate::storage::Member>>, StorageError>> {
+        Box::pin(self.open_call(self.heartbeat_now(beat)))
     }
 }

@@ -483,7 +483,10 @@ async fn a_resent_cluster_commit_cannot_revive_a_taken_marker() {
         matches!(resent, Err(StorageError::Io(_))),
         "the resend must fail: {resent:?}"
     );
-    assert!(scan_all(&*s).await.is_empty(), "no record over doomed versions");
+    assert!(
+        scan_all(&*s).await.is_empty(),
+        "no record over doomed versions"
+    );
     // The reclamation finishes; the commit is gone for good.
     assert_eq!(s.reclaim_orphans(Duration::ZERO).await.unwrap(), 2);
     assert!(scan_all(&*s).await.is_empty());
@@ -546,6 +549,7 @@ fn conditional(
     let mut b = batch(id, None, versions);
     b.conditions = Conditions {
         node: Some(NodeId(node)),
+        at_ms: 0,
         checks: checks
             .iter()
             .map(|(k, v)| (Bytes::copy_from_slice(k), *v))

@@ -518,6 +518,10 @@ impl Storage for FaultyStorage {
         })
     }
 
+    fn multi_writer(&self) -> bool {
+        self.inner.multi_writer()
+    }
+
     fn log_tail(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<LogPage, StorageError>> {
         Box::pin(async move {
             self.refuse_if_crashed()?;
