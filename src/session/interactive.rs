@@ -6,12 +6,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::error::{open_error_reply, txn_error_reply};
+use super::forward::Forward;
 use super::{apply, Mode, Session};
 use crate::cmd::transaction::TxnCmd;
 use crate::cmd::util::err;
 use crate::cmd::DataCmd;
 use crate::resp::Reply;
-use crate::txn::open::{OpenTxn, OpenTxns, Slot, Status};
+use crate::txn::open::{parse_txid, OpenError, OpenTxn, Slot, Status};
+use crate::txn::Owner;
 use crate::txn::TxnError;
 
 impl Session {
@@ -116,6 +118,7 @@ impl Session {
                     self.mode = Mode::Interactive(open);
                     Reply::ok()
                 }
+                Err(e @ OpenError::UnknownTxn(_)) => self.attach_elsewhere(&txid, e).await,
                 Err(e) => open_error_reply(&e),
             },
             TxnCmd::Detach => match self.leave_interactive() {
@@ -125,18 +128,67 @@ impl Session {
                 }
                 None => err("ERR AFT.DETACH without a transaction"),
             },
-            TxnCmd::Status(arg) => status(&registry, &arg).await,
+            TxnCmd::Status(arg) => self.status(&arg).await,
             // The session runs the others itself.
             _ => err("ERR internal error: not an interactive transaction command"),
         }
     }
 }
 
-/// AFT.STATUS: `running`, `committed`, `aborted` or `unknown`.
-pub(super) async fn status(registry: &OpenTxns, arg: &Bytes) -> Reply {
-    match registry.status(arg).await {
-        Ok(status) => Reply::Bulk(Bytes::from_static(status.word().as_bytes())),
-        Err(e) => err(format!("ERR {e}")),
+impl Session {
+    /// AFT.ATTACH of a transaction this node does not run: on a shared backend, the node
+    /// that runs it (named by its id) takes this connection's commands until it ends; if
+    /// that node is gone, so is the transaction.
+    async fn attach_elsewhere(&mut self, txid: &Bytes, unknown: OpenError) -> Reply {
+        let Some(id) = parse_txid(txid) else {
+            return open_error_reply(&unknown);
+        };
+        match self.node.engine.owner_of(id) {
+            Owner::Here => open_error_reply(&unknown),
+            Owner::Gone => err(format!(
+                "ERR transaction {id} was aborted: the node that ran it is gone; nothing of it was committed"
+            )),
+            Owner::Node(addr) => match Forward::attach(&addr, self.password(), id).await {
+                Ok(remote) => {
+                    self.mode = Mode::Forwarded(Box::new(remote));
+                    Reply::ok()
+                }
+                Err(reply) => reply,
+            },
+        }
+    }
+
+    /// The password every node of a shared backend requires, if any.
+    fn password(&self) -> Option<&str> {
+        self.node.config.requirepass.as_ref().map(|s| s.expose())
+    }
+
+    /// AFT.STATUS: `running`, `committed`, `aborted` or `unknown`. A transaction this node
+    /// knows nothing of may run on another node (asked, then), or have died with one.
+    pub(super) async fn status(&self, arg: &Bytes) -> Reply {
+        let local = match self.node.open_txns.status(arg).await {
+            Ok(status) => status,
+            Err(e) => return err(format!("ERR {e}")),
+        };
+        let word = |s: &'static str| Reply::Bulk(Bytes::from_static(s.as_bytes()));
+        if local != Status::Unknown {
+            return word(local.word());
+        }
+        let Some(id) = parse_txid(arg) else {
+            return word(local.word());
+        };
+        match self.node.engine.owner_of(id) {
+            Owner::Here => word(local.word()),
+            Owner::Gone => word(Status::Aborted.word()),
+            Owner::Node(addr) => {
+                match Forward::once(&addr, self.password(), &[b"AFT.STATUS", arg]).await {
+                    Ok(reply) => reply,
+                    Err(e) => err(format!(
+                        "ERR transaction {id} runs on the node at {addr}, which cannot be reached: {e}"
+                    )),
+                }
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 
 mod batch;
 pub mod error;
+mod forward;
 mod interactive;
 #[cfg(test)]
 mod tests;
@@ -42,6 +43,8 @@ enum Mode {
     Multi(Multi),
     /// Attached to an interactive transaction: data commands run inside it.
     Interactive(Arc<OpenTxn>),
+    /// Attached to an interactive transaction another node runs: commands go there.
+    Forwarded(Box<forward::Forward>),
 }
 
 /// A MULTI block being queued.
@@ -132,6 +135,14 @@ impl Session {
         if spec.no_multi() && matches!(self.mode, Mode::Multi(_)) {
             return self.queue_error(ParseError::NotInMulti);
         }
+        if matches!(self.mode, Mode::Forwarded(_))
+            && !matches!(
+                spec.id,
+                Id::Auth | Id::Hello | Id::Quit | Id::Reset | Id::Client
+            )
+        {
+            return self.forward(spec, args).await;
+        }
         let command = cmd::parse_known(spec, args);
         self.execute(spec, command).await
     }
@@ -190,10 +201,41 @@ impl Session {
         }
         match command {
             Command::Data(c) => self.autocommit(&c).await,
-            Command::Connection(c) => self.connection(c),
+            Command::Connection(c) => self.connection(c).await,
             Command::Server(c) => c.apply(&self.node, &mut self.client),
             Command::Txn(c) => self.transaction(c).await,
             Command::Invalid(reply) => reply,
+        }
+    }
+
+    /// Runs a command of a connection attached to another node's transaction there. The
+    /// transaction's end (AFT.COMMIT, AFT.ABORT, AFT.DETACH), or a broken connection to that
+    /// node, detaches this connection.
+    async fn forward(&mut self, spec: &CommandSpec, args: Vec<Bytes>) -> Reply {
+        let Mode::Forwarded(remote) = &mut self.mode else {
+            return err("ERR internal error: not attached to another node's transaction");
+        };
+        let ends = matches!(spec.id, Id::AftCommit | Id::AftAbort | Id::AftDetach);
+        match remote.call(&args).await {
+            Ok(reply) => {
+                if ends {
+                    self.mode = Mode::Normal;
+                }
+                reply
+            }
+            Err(e) => {
+                let (txid, addr) = (remote.txid, remote.addr.clone());
+                self.mode = Mode::Normal;
+                if spec.id == Id::AftCommit {
+                    err(format!(
+                        "ERR commit outcome unknown: the connection to the node running transaction {txid} ({addr}) broke: {e}; AFT.STATUS {txid} tells"
+                    ))
+                } else {
+                    err(format!(
+                        "ERR the connection to the node running transaction {txid} ({addr}) broke: {e}; this connection is detached (AFT.ATTACH it again, or AFT.STATUS it)"
+                    ))
+                }
+            }
         }
     }
 
@@ -213,11 +255,15 @@ impl Session {
         }
     }
 
-    fn connection(&mut self, command: ConnectionCmd) -> Reply {
+    async fn connection(&mut self, command: ConnectionCmd) -> Reply {
         match &command {
             ConnectionCmd::Reset => {
                 // An interactive transaction stays open for others: RESET only detaches.
                 self.leave_interactive();
+                if let Mode::Forwarded(remote) = &mut self.mode {
+                    // Best effort: the other node detaches it when this connection goes.
+                    let _ = remote.call(&[Bytes::from_static(b"AFT.DETACH")]).await;
+                }
                 self.mode = Mode::Normal;
                 self.watches.clear();
             }
@@ -313,7 +359,7 @@ impl Session {
         // (as in Redis, where an aborted EXEC runs none of its commands).
         for (command, reply) in multi.queue.iter().zip(&mut replies) {
             match command {
-                Command::Connection(c) => *reply = self.connection(c.clone()),
+                Command::Connection(c) => *reply = self.connection(c.clone()).await,
                 Command::Server(c) => *reply = c.apply(&self.node, &mut self.client),
                 _ => {}
             }
@@ -342,9 +388,7 @@ impl Session {
                     txn.set_idempotency_key(key.clone());
                     Reply::ok()
                 }
-                Command::Txn(TxnCmd::Status(arg)) => {
-                    interactive::status(&self.node.open_txns, arg).await
-                }
+                Command::Txn(TxnCmd::Status(arg)) => self.status(arg).await,
                 // Refused when queued.
                 Command::Txn(_) => err("ERR internal error: not allowed inside MULTI"),
                 Command::Invalid(reply) => reply.clone(),

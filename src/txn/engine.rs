@@ -18,7 +18,7 @@ use super::resolve::{self, Unresolved};
 use super::transaction::Txn;
 use super::TxnError;
 use crate::storage::{
-    CommitBatch, CommitOutcome, CommitRecord, Conditions, Storage, StorageError, TxnId, VersionId,
+    CommitBatch, CommitOutcome, CommitRecord, Conditions, Storage, StorageError, VersionId,
     VersionKey,
 };
 
@@ -309,7 +309,7 @@ impl Engine {
     /// Starts a transaction. It pins its snapshot at its first read.
     pub fn begin(self: &Arc<Self>) -> Txn {
         let now_ms = self.snapshots.lock().start_clock();
-        Txn::new(self.clone(), new_txn_id(), now_ms)
+        Txn::new(self.clone(), self.new_txn_id(), now_ms)
     }
 
     /// Waits until some commit releases the keys it reserved (or a FLUSHALL its window), or
@@ -650,10 +650,4 @@ impl PendingCommit {
             watched,
         }
     }
-}
-
-/// A fresh transaction id: 128 bits from the thread's cryptographically secure generator,
-/// so that nobody can guess the id of another client's transaction (AFT.ATTACH takes one).
-pub(super) fn new_txn_id() -> TxnId {
-    TxnId(rand::random::<u128>())
 }

@@ -59,7 +59,7 @@ mod watch;
 pub use engine::{Engine, EngineConfig, Stats};
 pub use error::TxnError;
 pub use gc::{GcGauges, GcReport};
-pub use peers::{Freshness, PeersConfig, PeersInfo};
+pub use peers::{Freshness, Owner, PeersConfig, PeersInfo};
 pub use record::{Entry, Kind, Value, WriteMeta};
 pub use transaction::{KeyMeta, Txn};
 pub use watch::{WatchState, Watches};

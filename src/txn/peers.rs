@@ -180,6 +180,20 @@ pub(crate) struct Peers {
     epoch: Instant,
 }
 
+/// Which node runs an interactive transaction, from its id (see [`Engine::owner_of`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// This node (or the backend is one process's alone).
+    Here,
+    /// Another live node, reachable at this address.
+    Node(String),
+    /// A node that is no longer live: the transaction died with it.
+    Gone,
+}
+
+/// The bits of a transaction id that name the node that began it (on a shared backend).
+const OWNER_SHIFT: u32 = 96;
+
 /// What INFO shows of the multi-node machinery.
 #[derive(Clone, Debug, Default)]
 pub struct PeersInfo {
@@ -503,6 +517,35 @@ impl Engine {
     /// nothing and collects nothing.
     pub fn is_fenced(&self) -> bool {
         self.peers.fenced()
+    }
+
+    /// A fresh transaction id: 128 random bits, or on a shared backend this node's tag (the
+    /// top 32 bits of its id) and 96 random bits, so that any node can tell which node runs
+    /// an interactive transaction (AFT.ATTACH through another node) and nobody can guess it.
+    pub(super) fn new_txn_id(&self) -> TxnId {
+        let random = rand::random::<u128>();
+        if !self.peers.shared() {
+            return TxnId(random);
+        }
+        let tag = self.peers.node().0 >> OWNER_SHIFT << OWNER_SHIFT;
+        TxnId(tag | (random & ((1u128 << OWNER_SHIFT) - 1)))
+    }
+
+    /// Which node runs the transaction `txid` (see [`Engine::new_txn_id`]), by the last
+    /// membership view.
+    pub fn owner_of(&self, txid: TxnId) -> Owner {
+        if !self.peers.shared() {
+            return Owner::Here;
+        }
+        let tag = txid.0 >> OWNER_SHIFT;
+        if self.peers.node().0 >> OWNER_SHIFT == tag {
+            return Owner::Here;
+        }
+        let view = self.peers.view.lock();
+        match view.members.iter().find(|m| m.node.0 >> OWNER_SHIFT == tag) {
+            Some(m) => Owner::Node(m.address.clone()),
+            None => Owner::Gone,
+        }
     }
 
     /// Catches up before WATCH takes the versions it watches (as [`Engine::begin_fresh`]).

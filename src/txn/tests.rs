@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::engine::new_txn_id;
 use super::index::VersionMeta;
 use super::*;
 use crate::storage::memory::MemoryStorage;
@@ -93,7 +92,7 @@ async fn watch_ignores_a_version_still_being_published() {
     // A commit half way through publication: in the index, sequence not yet visible.
     let pending = VersionId {
         ts: engine.clock.tick(),
-        txn: new_txn_id(),
+        txn: engine.new_txn_id(),
     };
     let next_seq = engine.seq.load(Ordering::Acquire) + 1;
     engine.index.insert(
