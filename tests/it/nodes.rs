@@ -54,6 +54,20 @@ impl Shared {
         }
     }
 
+    /// How many keys have a head (the latest version committed to them) in the backend.
+    fn stored_heads(&self) -> usize {
+        let (port, prefix): (u16, &str) = match self {
+            Shared::Redis(redis) => (redis.port, "aft:"),
+            Shared::Cluster(cluster, prefix) => (cluster.nodes[0].port, prefix),
+            Shared::DynamoDb(_) => panic!("counted on Redis only"),
+        };
+        let heads = format!("{prefix}{{{prefix}}}heads");
+        cli(port, &["-c", "hlen", &heads])
+            .trim()
+            .parse()
+            .expect("HLEN")
+    }
+
     /// How many stored versions (of any key) the backend holds now.
     fn stored_versions(&self) -> usize {
         let (ports, prefix): (Vec<u16>, &str) = match self {
@@ -511,6 +525,36 @@ async fn a_snapshot_on_one_node_holds_collection_back_on_the_others(kind: &str) 
     assert_eq!(got, ["new-29", "new-29"]);
 }
 
+async fn deleted_keys_leave_nothing_behind(kind: &str) {
+    let backend = Shared::start(kind).await;
+    let url = backend.url();
+    let args = ["--status-retention-secs", "1", "--gc-interval-ms", "200"];
+    let (a, b) = tokio::join!(Node::start_with(&url, &args), Node::start_with(&url, &args));
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let keys: Vec<String> = (0..40).map(|i| format!("gone-{i}")).collect();
+    for key in &keys {
+        assert_eq!(text(&mut ca, &["SET", key, "v"]).await, "OK");
+    }
+    assert_eq!(backend.stored_heads(), 40);
+    for key in &keys {
+        assert_eq!(text(&mut cb, &["DEL", key]).await, "1");
+    }
+    // Values, records, then the keys themselves and their heads are collected.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while backend.stored_heads() > 0 || backend.stored_versions() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} heads and {} versions left",
+            backend.stored_heads(),
+            backend.stored_versions()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A key set again after its head went is an ordinary key.
+    assert_eq!(text(&mut cb, &["INCR", "gone-0"]).await, "1");
+    assert_eq!(text(&mut ca, &["INCR", "gone-0"]).await, "2");
+}
+
 macro_rules! on_every_redis_backend {
     ($($name:ident),* $(,)?) => {
         $(
@@ -538,6 +582,7 @@ on_every_redis_backend!(
     reads_stay_atomic_while_a_node_is_killed_and_restarted,
     a_dead_node_is_taken_over_and_does_not_stall_collection,
     a_snapshot_on_one_node_holds_collection_back_on_the_others,
+    deleted_keys_leave_nothing_behind,
 );
 
 /// Runs `aft serve` over `url` expecting it to refuse to start; returns what it printed.
