@@ -531,8 +531,8 @@ impl Engine {
         TxnId(tag | (random & ((1u128 << OWNER_SHIFT) - 1)))
     }
 
-    /// Which node runs the transaction `txid` (see [`Engine::new_txn_id`]), by the last
-    /// membership view.
+    /// Which node runs the transaction `txid` (its id carries the tag of the node that
+    /// began it), by the last membership view.
     pub fn owner_of(&self, txid: TxnId) -> Owner {
         if !self.peers.shared() {
             return Owner::Here;
