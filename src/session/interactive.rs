@@ -144,7 +144,7 @@ impl Session {
             return open_error_reply(&unknown);
         };
         match self.node.engine.owner_of(id) {
-            Owner::Here => open_error_reply(&unknown),
+            Owner::Here | Owner::Unknown => open_error_reply(&unknown),
             Owner::Gone => err(format!(
                 "ERR transaction {id} was aborted: the node that ran it is gone; nothing of it was committed"
             )),
@@ -178,7 +178,7 @@ impl Session {
             return word(local.word());
         };
         match self.node.engine.owner_of(id) {
-            Owner::Here => word(local.word()),
+            Owner::Here | Owner::Unknown => word(local.word()),
             Owner::Gone => word(Status::Aborted.word()),
             Owner::Node(addr) => {
                 match Forward::once(&addr, self.password(), &[b"AFT.STATUS", arg]).await {

@@ -117,11 +117,13 @@ impl Default for PeersConfig {
     }
 }
 
-/// The live nodes as the last successful heartbeat listed them.
+/// The live nodes as the last successful heartbeat listed them, and the tags of nodes
+/// that were listed before and no longer are (oldest first, at most [`DEPARTED`]).
 #[derive(Default)]
 struct View {
     members: Vec<Member>,
     at: Option<Instant>,
+    departed: VecDeque<u128>,
 }
 
 /// Rounds of reading the log (see the module documentation).
@@ -187,9 +189,14 @@ pub enum Owner {
     Here,
     /// Another live node, reachable at this address.
     Node(String),
-    /// A node that is no longer live: the transaction died with it.
+    /// A node this one saw live and then leave or die: the transaction died with it.
     Gone,
+    /// No node this one knows of (never began anywhere, or long ago).
+    Unknown,
 }
+
+/// How many departed nodes [`Engine::owner_of`] remembers.
+const DEPARTED: usize = 4096;
 
 /// The bits of a transaction id that name the node that began it (on a shared backend).
 const OWNER_SHIFT: u32 = 96;
@@ -338,6 +345,18 @@ impl Engine {
             };
             self.peers.alone_until_ms.store(until, Ordering::Release);
             let mut view = self.peers.view.lock();
+            let gone: Vec<u128> = view
+                .members
+                .iter()
+                .filter(|old| !members.iter().any(|m| m.node == old.node))
+                .map(|old| old.node.0 >> OWNER_SHIFT)
+                .collect();
+            for tag in gone {
+                if view.departed.len() >= DEPARTED {
+                    view.departed.pop_front();
+                }
+                view.departed.push_back(tag);
+            }
             view.members = members.clone();
             view.at = Some(asked);
         }
@@ -544,7 +563,8 @@ impl Engine {
         let view = self.peers.view.lock();
         match view.members.iter().find(|m| m.node.0 >> OWNER_SHIFT == tag) {
             Some(m) => Owner::Node(m.address.clone()),
-            None => Owner::Gone,
+            None if view.departed.contains(&tag) => Owner::Gone,
+            None => Owner::Unknown,
         }
     }
 
