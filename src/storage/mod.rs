@@ -202,6 +202,10 @@ pub struct LogPage {
     pub head: u64,
     /// `(position, record)` in increasing position order.
     pub records: Vec<(u64, CommitRecord)>,
+    /// Every record created after the page's start and at or below this position is in
+    /// `records` (those garbage collection deleted excepted): `head` when the page reached
+    /// the head, less when it stopped at its limit.
+    pub through: u64,
 }
 
 /// What a node tells the others with each renewal of its lease.

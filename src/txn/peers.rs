@@ -578,8 +578,6 @@ impl Engine {
         let mut after = self.peers.cursor.load(Ordering::Acquire);
         loop {
             let page = self.storage.log_tail(after, TAIL_PAGE).await?;
-            let full = page.records.len() >= TAIL_PAGE;
-            let last = page.records.last().map(|(pos, _)| *pos);
             let now = clock::wall_ms();
             for (_, rec) in page.records {
                 let writes = record::decode_body(&rec.body)?;
@@ -598,17 +596,12 @@ impl Engine {
                 }
             }
             self.peers.head.fetch_max(page.head, Ordering::AcqRel);
-            let reached = if full {
-                last.unwrap_or(after)
-            } else {
-                page.head.max(after)
-            };
             // Published before the cursor moves: a pin that reads the cursor sees them.
-            self.peers.cursor.fetch_max(reached, Ordering::AcqRel);
-            if !full {
+            self.peers.cursor.fetch_max(page.through, Ordering::AcqRel);
+            if page.through >= page.head || page.through <= after {
                 return Ok(());
             }
-            after = reached;
+            after = page.through;
         }
     }
 

@@ -125,19 +125,32 @@ impl RedisStorage {
             .map_err(|e| e.plain(backend))?
             .unwrap_or(0);
         let mut records = Vec::new();
+        let (mut found, mut last) = (0usize, after);
         while let (Some(id), Some(pos), Some(stored)) = (items.next(), items.next(), items.next()) {
+            found += 1;
             let id = frame_bytes(id)
                 .map_err(|e| e.plain(backend))?
                 .ok_or_else(|| self.corrupt("commit log entry is nil"))?;
             let id = record::decode_id(backend, &id, "commit log entry")?;
             let pos = number(pos).map_err(|e| e.plain(backend))?;
+            last = pos;
             // Deleted by garbage collection since it was logged: nobody needs it.
             let Some(stored) = frame_bytes(stored).map_err(|e| e.plain(backend))? else {
                 continue;
             };
             records.push((pos, record::decode(backend, id, stored)?));
         }
-        Ok(LogPage { head, records })
+        // The script read every entry up to the head unless it stopped at the limit.
+        let through = if found < limit.max(1) {
+            head.max(after)
+        } else {
+            last
+        };
+        Ok(LogPage {
+            head,
+            records,
+            through,
+        })
     }
 
     /// [`Storage::drop_heads`](crate::storage::Storage::drop_heads).

@@ -719,12 +719,16 @@ async fn the_log_lists_records_in_creation_order(s: &RedisStorage) {
         commit_ok(s, batch(id, None, &[(b"k", b"v")])).await;
     }
     let page = s.log_tail(0, 10).await.unwrap();
-    assert_eq!(page.head, 3);
+    assert_eq!((page.head, page.through), (3, 3));
     let order: Vec<(u64, VersionId)> = page.records.iter().map(|(p, r)| (*p, r.id)).collect();
     assert_eq!(order, [(1, vid(30, 1)), (2, vid(10, 2)), (3, vid(20, 3))]);
     let page = s.log_tail(1, 1).await.unwrap();
     assert_eq!(page.records.len(), 1);
     assert_eq!(page.records[0].0, 2);
+    assert_eq!(
+        page.through, 2,
+        "a page cut at its limit covers up to its last entry"
+    );
     assert!(s.log_tail(3, 10).await.unwrap().records.is_empty());
     // Deleted records leave the log.
     s.delete(vec![], vec![vid(10, 2)]).await.unwrap();
