@@ -187,6 +187,11 @@ pub struct Conditions {
     /// judges lease expiry by the committer's clock (DynamoDB) checks the lease at this
     /// time, the same in every resend of the commit.
     pub at_ms: u64,
+    /// The log position up to which the committer knew every commit when it validated the
+    /// checks. A backend that decides conflicts by ordering commits in its log (DynamoDB)
+    /// creates the record only if the log's head is still there, and otherwise answers
+    /// [`CommitOutcome::Moved`]: the committer catches up, validates again, and resends.
+    pub log_at: Option<u64>,
     /// `(key, version read)`: the commit is refused with [`CommitOutcome::Conflict`] (the
     /// index of the first failed check) unless the key's head is that version, or the key
     /// has no head (collected), or nothing was read (`None`) and the head is a tombstone.
@@ -264,6 +269,9 @@ pub enum CommitOutcome {
     /// The check at this index of [`Conditions::checks`] failed: another commit wrote the
     /// key first. No commit record was created; versions may remain as orphans.
     Conflict(usize),
+    /// The log moved past [`Conditions::log_at`]: no commit record was created (versions
+    /// may remain, and are the same if the commit is sent again with a later `log_at`).
+    Moved,
 }
 
 /// When an acknowledged commit is safe, as a backend vouches for it.
@@ -360,6 +368,14 @@ pub trait Storage: Send + Sync + 'static {
     /// has one live node at a time: [`Storage::heartbeat`] refuses to let a node join while
     /// another's lease runs, and commits check the committer's lease.
     fn multi_writer(&self) -> bool {
+        false
+    }
+
+    /// Whether a commit that succeeded with [`Conditions::log_at`] `= p` holds log position
+    /// `p + 1` (the backend orders commits by that claim, DynamoDB), so that its committer,
+    /// if it had applied everything up to `p`, has applied everything up to `p + 1`. The
+    /// default: positions are given otherwise (Redis numbers records as it creates them).
+    fn commits_claim_positions(&self) -> bool {
         false
     }
 

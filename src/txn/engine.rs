@@ -432,6 +432,13 @@ impl Engine {
                 self.gc.tracker.lock().orphans(pending.orphans());
                 Concluded::Duplicate(existing)
             }
+            // Sent again after its log position was taken (a resend of an unknown outcome):
+            // never applied, and never will be at that position.
+            CommitOutcome::Moved => {
+                self.gc.tracker.lock().orphans(pending.orphans());
+                self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                Concluded::Conflict { watched: false }
+            }
             CommitOutcome::Conflict(check) => {
                 self.gc.tracker.lock().orphans(pending.orphans());
                 if check < pending.watched {

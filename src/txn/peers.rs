@@ -177,6 +177,9 @@ pub(crate) struct Peers {
     loaded: AtomicBool,
     /// Serialises rejoins.
     rejoining: tokio::sync::Mutex<()>,
+    /// Until when (ms on [`Peers::epoch`]) a node that rejoined others serves nothing: as
+    /// after a start, they must see it first (see [`JOIN_WAIT`]).
+    serve_after_ms: AtomicU64,
     /// Until when (ms on [`Peers::epoch`]) the node knows it is the only live node.
     alone_until_ms: AtomicU64,
     epoch: Instant,
@@ -253,6 +256,7 @@ impl Peers {
             rejoins: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
             rejoining: tokio::sync::Mutex::new(()),
+            serve_after_ms: AtomicU64::new(0),
             alone_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -413,6 +417,13 @@ impl Engine {
             return;
         }
         let fresh = NodeId(rand::random());
+        // Before the new id can be read (and pass the fence): a node that believes itself
+        // alone must see this one before it commits under it.
+        let until = self.peers.epoch.elapsed() + JOIN_WAIT;
+        self.peers.serve_after_ms.store(
+            u64::try_from(until.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
         *self.peers.node.lock() = fresh;
         let revoked = self.revoke_all_snapshots();
         self.peers.rejoins.fetch_add(1, Ordering::Relaxed);
@@ -422,8 +433,22 @@ impl Engine {
             revoked,
             "this node's lease expired (others may have taken over); rejoining under a new id"
         );
-        if let Err(e) = self.heartbeat(Beat::Join, fresh).await {
-            tracing::warn!(error = %e, "cannot rejoin; will retry");
+        match self.heartbeat(Beat::Join, fresh).await {
+            // Alone: nobody to wait for.
+            Ok(Some(members)) if members.iter().all(|m| m.node == fresh) => {
+                self.peers.serve_after_ms.store(0, Ordering::Release);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot rejoin; will retry"),
+        }
+    }
+
+    /// Waits out the pause after a rejoin (see [`Engine::rejoin_after`]).
+    pub(super) async fn wait_until_known(&self) {
+        let until = self.peers.serve_after_ms.load(Ordering::Acquire);
+        let now = u64::try_from(self.peers.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if until > now {
+            tokio::time::sleep(Duration::from_millis(until - now)).await;
         }
     }
 
@@ -509,6 +534,7 @@ impl Engine {
     /// Catches up before a transaction begins, if the freshness setting asks for it.
     /// Fails on a node that lost a one-writer backend's lease.
     pub(super) async fn fresh(&self) -> Result<(), TxnError> {
+        self.wait_until_known().await;
         if self.peers.fenced.load(Ordering::Acquire) {
             return Err(TxnError::Storage(StorageError::Fenced(
                 format!(

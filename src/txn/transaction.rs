@@ -13,7 +13,7 @@ use super::index::{VersionMeta, MAX_POSITION};
 use super::record::{Entry, Kind, Value};
 use super::watch::Watches;
 use super::TxnError;
-use crate::storage::{Conditions, StorageError, TxnId, VersionId, VersionKey};
+use crate::storage::{CommitOutcome, Conditions, StorageError, TxnId, VersionId, VersionKey};
 
 /// A key as a transaction read it from its snapshot (not from its own writes).
 #[derive(Clone, Debug)]
@@ -525,7 +525,9 @@ impl Txn {
                 hook().await;
             }
         }
-        // Validate and reserve in one critical section: first committer wins.
+        // Validate and reserve in one critical section: first committer wins. The log
+        // position is read first: every commit at or below it is in the index validated.
+        let log_at = engine.peers.cursor.load(Ordering::Acquire);
         let (id, guard, flush) = {
             let mut inflight = engine.inflight.lock();
             if !self.checks.is_empty() {
@@ -579,6 +581,15 @@ impl Txn {
             )
         };
         let idempotency_key = self.idempotency_key.take();
+        // What validation saw, to validate again if the backend's log moved meanwhile.
+        let revalidate = Revalidation {
+            checks: self.checks.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            watches: watches
+                .into_iter()
+                .flat_map(Watches::iter)
+                .map(|(k, s)| (k.clone(), *s))
+                .collect(),
+        };
         // On a shared backend the backend decides the checks again, against every node's
         // commits: watched keys first, then keys read for update.
         let (conditions, watched) = if engine.peers.shared() {
@@ -592,6 +603,7 @@ impl Txn {
             let conditions = Conditions {
                 node: Some(engine.peers.node()),
                 at_ms: clock::Clock::physical_ms(id.ts),
+                log_at: Some(log_at),
                 checks,
                 deleted: Vec::new(),
             };
@@ -626,9 +638,39 @@ impl Txn {
                 writes.extend(doomed.into_iter().map(|k| (k, None)));
             }
             let committer = conditions.node;
-            let pending = PendingCommit::new(id, writes, idempotency_key, conditions, watched);
-            let outcome = engine.storage.commit(pending.batch.clone()).await;
+            // A node that just rejoined others commits only once they can know it.
+            engine.wait_until_known().await;
+            let mut pending = PendingCommit::new(id, writes, idempotency_key, conditions, watched);
+            let outcome = loop {
+                let outcome = engine.storage.commit(pending.batch.clone()).await;
+                if !matches!(outcome, Ok(CommitOutcome::Moved)) {
+                    break outcome;
+                }
+                // Another node committed first: catch up, validate again, send again.
+                if let Err(e) = engine.catch_up().await {
+                    engine.gc.tracker.lock().orphans(pending.orphans());
+                    return Err(e);
+                }
+                let at = engine.peers.cursor.load(Ordering::Acquire);
+                if let Err(e) = engine.still_valid(&revalidate, clock::wall_ms()) {
+                    engine.gc.tracker.lock().orphans(pending.orphans());
+                    return Err(e);
+                }
+                pending.batch.conditions.log_at = Some(at);
+            };
+            let claimed = pending.batch.conditions.log_at;
             let settled = engine.settle(outcome, pending, guard);
+            let claims = engine.storage.commits_claim_positions();
+            if let (Ok(Some(_)), Some(at), true) = (&settled, claimed, claims) {
+                // This commit took position at + 1: nothing lies between, so a node that
+                // had applied everything up to `at` has applied everything up to it.
+                let _ = engine.peers.cursor.compare_exchange(
+                    at,
+                    at + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
             match (settled, committer) {
                 (Err(TxnError::Storage(StorageError::Fenced(_))), Some(node))
                     if engine.peers.shared() =>
@@ -642,6 +684,32 @@ impl Txn {
         });
         task.await
             .map_err(|e| TxnError::Internal(format!("commit task failed: {e}")))?
+    }
+}
+
+/// What a commit validated, kept to validate again (see [`Engine::still_valid`]).
+pub(super) struct Revalidation {
+    checks: Vec<(Bytes, Option<VersionId>)>,
+    watches: Vec<(Bytes, super::WatchState)>,
+}
+
+impl Engine {
+    /// Validates a commit again against the index now (after catching up with the log):
+    /// the keys it read for update and the keys it watched are unchanged.
+    pub(super) fn still_valid(&self, what: &Revalidation, now: u64) -> Result<(), TxnError> {
+        for (key, state) in &what.watches {
+            if !state.unchanged(self.index.latest(key), now) {
+                self.stats.watch_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(TxnError::WatchFailed);
+            }
+        }
+        for (key, version) in &what.checks {
+            if !unchanged_since_read(self.index.latest(key), *version) {
+                self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                return Err(TxnError::Conflict);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -14,7 +14,7 @@ use super::layout::{
     bin, bucket, build_failed, commit_pk, directory_sk, encode_marker, entry_id, idempotency_pk,
     item_size, key_item, key_of, now_ms, num, put_action, put_new_action, put_request, shard,
     split_payload, version_pk, Item, MarkerPlan, ABANDONED, DIRECTORY_PK, DONE, EXPIRES, ID,
-    MARKER_PK, PK, SINGLE_SK, STARTED,
+    LOG_POSITION, MARKER_PK, PK, SINGLE_SK, STARTED,
 };
 use super::retry::CallFailure;
 use super::stats::bump;
@@ -31,6 +31,9 @@ struct RecordItems {
     idempotency: Option<Item>,
     /// The check of the committer's lease.
     lease: Option<TransactWriteItem>,
+    /// The claim of the next log position and its entry (several nodes), and the position
+    /// the commit was validated at.
+    log: Option<(Vec<TransactWriteItem>, u64)>,
 }
 
 /// Positions of the conditional actions in a commit's final transaction.
@@ -39,6 +42,8 @@ struct Conditional {
     idempotency_at: Option<usize>,
     marker_at: Option<usize>,
     lease_at: Option<usize>,
+    /// The claim of the log position, and the position validated at (for the token).
+    log: Option<(usize, u64)>,
 }
 
 impl DynamoDbStorage {
@@ -85,6 +90,10 @@ impl DynamoDbStorage {
             .node
             .map(|node| self.lease_check(node, conditions.at_ms))
             .transpose()?;
+        let log = conditions
+            .log_at
+            .map(|at| self.log_claim(at, record.id).map(|actions| (actions, at)))
+            .transpose()?;
         let id = record.id;
         let chunk = self.limits.chunk_bytes;
         // One version per key: the last one, as every backend applies them in order.
@@ -105,8 +114,17 @@ impl DynamoDbStorage {
             version_items.extend(chunks);
         }
         let encoded = record::encode(BACKEND, &record)?;
-        let (record_head, record_chunks) =
-            split_payload(commit_pk(id), sk.clone(), &encoded, chunk, vec![]);
+        let (record_head, record_chunks) = split_payload(
+            commit_pk(id),
+            sk.clone(),
+            &encoded,
+            chunk,
+            conditions
+                .log_at
+                .map(|at| (LOG_POSITION, num(at + 1)))
+                .into_iter()
+                .collect(),
+        );
         let idempotency = record
             .idempotency_key
             .as_ref()
@@ -118,7 +136,8 @@ impl DynamoDbStorage {
             + record_chunks.len()
             + 1
             + usize::from(idempotency.is_some())
-            + usize::from(lease.is_some());
+            + usize::from(lease.is_some())
+            + log.as_ref().map_or(0, |(actions, _)| actions.len());
         let bytes: usize = version_items
             .iter()
             .chain(&record_chunks)
@@ -136,6 +155,7 @@ impl DynamoDbStorage {
             head: record_head,
             idempotency,
             lease,
+            log,
         };
         if fast {
             let outcome = self.commit_fast(id, version_items, record).await?;
@@ -171,11 +191,17 @@ impl DynamoDbStorage {
             actions.push(check);
             actions.len() - 1
         });
+        let log = record.log.map(|(claim, validated)| {
+            let at = actions.len();
+            actions.extend(claim);
+            (at, validated)
+        });
         let at = Conditional {
             record_at,
             idempotency_at,
             marker_at: None,
             lease_at,
+            log,
         };
         self.final_transaction(id, actions, "f", at).await
     }
@@ -194,8 +220,9 @@ impl DynamoDbStorage {
             idempotency_at,
             marker_at,
             lease_at,
+            log,
         } = at;
-        let token = request_token(kind, id);
+        let token = request_token(kind, id, log.map(|(_, validated)| validated));
         let mut ambiguous = false;
         // A duplicate whose entry disappears before we read it (deleted with its commit) lets
         // the commit try again; bounded, as each round needs another deletion.
@@ -235,6 +262,10 @@ impl DynamoDbStorage {
             }
             if failed(lease_at) {
                 return Err(self.fenced());
+            }
+            if failed(log.map(|(at, _)| at)) {
+                bump(&self.counters.log_moved, 1);
+                return Ok(CommitOutcome::Moved);
             }
             if failed(marker_at) {
                 return Err(StorageError::Io(Failure::new(
@@ -301,6 +332,7 @@ impl DynamoDbStorage {
             head: record_head,
             idempotency,
             lease,
+            log,
         } = record;
         let sk = id.to_bytes().to_vec();
         if let Some(item) = &idempotency {
@@ -366,6 +398,11 @@ impl DynamoDbStorage {
             actions.push(check);
             actions.len() - 1
         });
+        let log = log.map(|(claim, validated)| {
+            let at = actions.len();
+            actions.extend(claim);
+            (at, validated)
+        });
         let outcome = self
             .final_transaction(
                 id,
@@ -376,6 +413,7 @@ impl DynamoDbStorage {
                     idempotency_at,
                     marker_at: Some(marker_at),
                     lease_at,
+                    log,
                 },
             )
             .await;
@@ -397,6 +435,8 @@ impl DynamoDbStorage {
                     tracing::warn!(?id, "dynamodb: pending marker left for clean-up: {e}");
                 }
             }
+            // Sent again at a later log position: the marker and versions serve again.
+            CommitOutcome::Moved => {}
             CommitOutcome::Duplicate(_) | CommitOutcome::Conflict(_) => {
                 if let Err(e) = self.abandon(id).await {
                     tracing::warn!(?id, "dynamodb: duplicate's versions left for clean-up: {e}");
@@ -417,8 +457,14 @@ impl DynamoDbStorage {
 
 /// The client request token of a commit's transaction: derived from its id, so a retry of
 /// the same request carries the same token. At most 36 characters.
-pub(super) fn request_token(kind: &str, id: VersionId) -> String {
-    let digest = Sha256::digest(id.to_bytes());
+pub(super) fn request_token(kind: &str, id: VersionId, log_at: Option<u64>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(id.to_bytes());
+    if let Some(at) = log_at {
+        // A commit sent again at another log position is another request.
+        hasher.update(at.to_be_bytes());
+    }
+    let digest = hasher.finalize();
     let mut token = format!("aft{kind}-");
     for byte in &digest[..16] {
         token.push_str(&format!("{byte:02x}"));

@@ -65,6 +65,14 @@ impl DynamoDbStorage {
                 .buffer_unordered(CONCURRENCY)
                 .try_collect::<Vec<()>>()
                 .await?;
+            // Their log entries (several nodes) before them: an entry whose record is gone
+            // is skipped by readers, a record without its entry would be missed.
+            let entries = heads
+                .iter()
+                .map(|head| Self::log_entry_of(head))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.delete_items(entries.into_iter().flatten().collect())
+                .await?;
             self.delete_split_known(heads).await?;
         }
         Ok(())

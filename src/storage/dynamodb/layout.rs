@@ -59,6 +59,14 @@ pub(super) const DIRECTORY_PK: &[u8] = b"d";
 pub(super) const MARKER_PK: &[u8] = b"p";
 /// The format item's partition.
 pub(super) const FORMAT_PK: &[u8] = b"m";
+/// `pk` of the log head (`sk` [`SINGLE_SK`]): attribute [`LOG_SEQ`].
+pub(super) const LOG_HEAD_PK: &[u8] = b"g";
+/// `pk` of the log entries (`sk` the position, u64 BE): attribute [`ID`], the record's id.
+pub(super) const LOG_PK: &[u8] = b"l";
+/// The log head's position of the newest entry.
+pub(super) const LOG_SEQ: &str = "s";
+/// On a commit record head: its log position.
+pub(super) const LOG_POSITION: &str = "lp";
 /// Sort key of items alone in their partition (idempotency entries, the format item).
 pub(super) const SINGLE_SK: &[u8] = &[0];
 

@@ -130,6 +130,7 @@ mod commit;
 mod delete;
 mod layout;
 mod lease;
+mod log;
 mod options;
 mod read;
 mod recovery;
@@ -330,11 +331,28 @@ impl Storage for DynamoDbStorage {
         Box::pin(self.open_call(self.reclaim_now(older_than)))
     }
 
-    /// The table's writer lease (see the `lease` module): one node at a time.
+    /// Nodes' leases (see the `lease` module).
     fn heartbeat(
         &self,
         beat: crate::storage::Heartbeat,
     ) -> BoxFuture<'_, Result<Option<Vec<crate::storage::Member>>, StorageError>> {
         Box::pin(self.open_call(self.heartbeat_now(beat)))
+    }
+
+    /// Several nodes commit at once, ordered by the log (see the `log` module).
+    fn multi_writer(&self) -> bool {
+        true
+    }
+
+    fn commits_claim_positions(&self) -> bool {
+        true
+    }
+
+    fn log_tail(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<crate::storage::LogPage, StorageError>> {
+        Box::pin(self.open_call(self.tail_now(after, limit)))
     }
 }

@@ -30,6 +30,8 @@ pub struct DynamoDbStats {
     pub duplicates: u64,
     /// Orphan versions deleted by clean-up.
     pub orphans_reclaimed: u64,
+    /// Commits refused because another node claimed the log position first.
+    pub log_moved: u64,
 }
 
 /// The live counters behind [`DynamoDbStats`] (one field each, same meaning).
@@ -47,6 +49,7 @@ pub(super) struct Counters {
     pub(super) general_commits: AtomicU64,
     pub(super) duplicates: AtomicU64,
     pub(super) orphans_reclaimed: AtomicU64,
+    pub(super) log_moved: AtomicU64,
 }
 
 /// Adds `by` to `counter`.
@@ -71,6 +74,7 @@ impl Counters {
             general_commits: get(&self.general_commits),
             duplicates: get(&self.duplicates),
             orphans_reclaimed: get(&self.orphans_reclaimed),
+            log_moved: get(&self.log_moved),
         }
     }
 }

@@ -550,6 +550,7 @@ fn conditional(
     b.conditions = Conditions {
         node: Some(NodeId(node)),
         at_ms: 0,
+        log_at: None,
         checks: checks
             .iter()
             .map(|(k, v)| (Bytes::copy_from_slice(k), *v))

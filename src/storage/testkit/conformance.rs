@@ -509,6 +509,9 @@ pub async fn idempotency_race(storage: Arc<dyn Storage>) {
                 (id, Ok(CommitOutcome::Conflict(i))) => {
                     panic!("commit {id:?} without checks failed check {i}")
                 }
+                (id, Ok(CommitOutcome::Moved)) => {
+                    panic!("commit {id:?} without a log position was refused for one")
+                }
                 (id, Err(e)) => panic!("commit {id:?} failed: {e}"),
             }
         }

@@ -522,6 +522,10 @@ impl Storage for FaultyStorage {
         self.inner.multi_writer()
     }
 
+    fn commits_claim_positions(&self) -> bool {
+        self.inner.commits_claim_positions()
+    }
+
     fn log_tail(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<LogPage, StorageError>> {
         Box::pin(async move {
             self.refuse_if_crashed()?;

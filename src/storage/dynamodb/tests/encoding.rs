@@ -101,9 +101,12 @@ fn encodings_round_trip() {
     assert_eq!(get_num(&head, CHUNKS).expect("n"), Some(2));
     assert_eq!(get_bin(&chunks[1], VALUE).expect("v"), &[7; 5]);
 
-    let token = request_token("g", vid(u64::MAX, u128::MAX));
+    let token = request_token("g", vid(u64::MAX, u128::MAX), None);
     assert!(token.len() <= 36 && token.starts_with("aftg-"), "{token}");
-    assert_ne!(token, request_token("g", vid(u64::MAX, u128::MAX - 1)));
+    assert_ne!(
+        token,
+        request_token("g", vid(u64::MAX, u128::MAX - 1), None)
+    );
     assert_ne!(version_pk(&[1; 1025]), version_pk(&[1; 1026]));
     assert_eq!(version_pk(&[1; 1025]).len(), 33);
     assert_eq!(version_pk(b"ab"), b"vab");
