@@ -631,18 +631,9 @@ async fn a_paused_node_that_comes_back_commits_on_the_current_state(kind: &str) 
 /// afterwards, counts it: the next increment says 12, not 11.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_increment_left_unsettled_by_a_dead_node_is_counted_by_the_next() {
-    let redis = tokio::task::spawn_blocking(|| {
-        RedisServer::with_args(&[
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--enable-debug-command",
-            "yes",
-        ])
-    })
-    .await
-    .expect("start redis");
+    let redis = tokio::task::spawn_blocking(RedisServer::stallable)
+        .await
+        .expect("start redis");
     let url = format!("redis://127.0.0.1:{}?timeout_ms=300", redis.port);
     // Bounded freshness: the increment goes to the commit at once (with real-time
     // freshness, its read of the log would time out first and nothing would be sent).

@@ -414,18 +414,9 @@ fn stall(port: u16, secs: &str) -> std::thread::JoinHandle<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_applied_after_its_reply_was_lost_is_not_forgotten() {
-    let redis = tokio::task::spawn_blocking(|| {
-        RedisServer::with_args(&[
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--enable-debug-command",
-            "yes",
-        ])
-    })
-    .await
-    .expect("start redis");
+    let redis = tokio::task::spawn_blocking(RedisServer::stallable)
+        .await
+        .expect("start redis");
     let dir = tempfile::tempdir().unwrap();
     let url = format!("redis://127.0.0.1:{}?timeout_ms=300", redis.port);
     let aft = Process::spawn(dir.path(), &["--backend", &url]);

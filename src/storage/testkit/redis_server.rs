@@ -49,6 +49,18 @@ impl RedisServer {
         ])
     }
 
+    /// A server without persistence that takes `DEBUG SLEEP` (tests stall it with that).
+    pub fn stallable() -> RedisServer {
+        RedisServer::with_args(&[
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--enable-debug-command",
+            "yes",
+        ])
+    }
+
     /// A server started with extra `redis-server` arguments.
     pub fn with_args(args: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
