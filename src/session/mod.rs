@@ -291,7 +291,7 @@ impl Session {
             TxnCmd::Watch(keys) => {
                 // What is watched is the latest version anywhere (a commit acknowledged by
                 // another node before the WATCH is not a change after it).
-                if let Err(e) = self.node.engine.fresh_for_watch().await {
+                if let Err(e) = self.node.engine.fresh().await {
                     return txn_error_reply(&e);
                 }
                 for key in &keys {

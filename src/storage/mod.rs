@@ -363,14 +363,6 @@ pub trait Storage: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
-    /// Whether several live nodes may commit at once (the backend checks [`Conditions`] and
-    /// keeps [`Storage::log_tail`]). A backend that keeps leases but not this (the default)
-    /// has one live node at a time: [`Storage::heartbeat`] refuses to let a node join while
-    /// another's lease runs, and commits check the committer's lease.
-    fn multi_writer(&self) -> bool {
-        false
-    }
-
     /// Whether a commit that succeeded with [`Conditions::log_at`] `= p` holds log position
     /// `p + 1` (the backend orders commits by that claim, DynamoDB), so that its committer,
     /// if it had applied everything up to `p`, has applied everything up to `p + 1`. The

@@ -366,15 +366,18 @@ impl Engine {
         idempotent: bool,
     ) -> bool {
         let _order = self.publish_lock.lock();
-        if self.gc.tracker.lock().commit_of(id.txn).is_some() {
-            return false;
+        {
+            let mut tracker = self.gc.tracker.lock();
+            if tracker.commit_of(id.txn).is_some() {
+                return false;
+            }
+            tracker.track(
+                id,
+                writes.iter().map(|w| w.key.clone()).collect(),
+                idempotent,
+                std::time::Instant::now(),
+            );
         }
-        self.gc.tracker.lock().track(
-            id,
-            writes.iter().map(|w| w.key.clone()).collect(),
-            idempotent,
-            std::time::Instant::now(),
-        );
         let current = self.seq.load(Ordering::Acquire);
         let seq = current + 1;
         // No transaction pinned now or later can pin below min_pin.
@@ -491,9 +494,6 @@ impl Engine {
             Err(e) => {
                 self.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
                 self.gc.tracker.lock().orphans(pending.orphans());
-                if matches!(e, StorageError::Fenced(_)) {
-                    self.commit_fenced();
-                }
                 Err(TxnError::Storage(e))
             }
         }

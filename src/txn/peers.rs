@@ -147,12 +147,9 @@ struct Deferred {
 /// A node's multi-node state, held by its [`Engine`].
 pub(crate) struct Peers {
     node: Mutex<NodeId>,
-    /// Several nodes may commit at once: the log, the checks and the deferral are on.
+    /// Other processes may use the backend: the lease, the log, the checks and the
+    /// deferral are on.
     shared: AtomicBool,
-    /// The node holds a lease, renewed in the background and checked by its commits.
-    leased: AtomicBool,
-    /// A node of a one-writer backend lost its lease to another: it refuses transactions.
-    fenced: AtomicBool,
     /// Every record at or below this log position is applied.
     pub(super) cursor: AtomicU64,
     /// The newest log position seen.
@@ -238,8 +235,6 @@ impl Peers {
         Peers {
             node: Mutex::new(NodeId(rand::random())),
             shared: AtomicBool::new(false),
-            leased: AtomicBool::new(false),
-            fenced: AtomicBool::new(false),
             cursor: AtomicU64::new(0),
             head: AtomicU64::new(0),
             view: Mutex::new(View::default()),
@@ -267,16 +262,6 @@ impl Peers {
         self.shared.load(Ordering::Acquire)
     }
 
-    /// Whether the node lost a one-writer backend's lease to another (it serves nothing).
-    pub(super) fn fenced(&self) -> bool {
-        self.fenced.load(Ordering::Acquire)
-    }
-
-    /// Whether the node holds a lease that its commits check.
-    pub(super) fn leased(&self) -> bool {
-        self.leased.load(Ordering::Acquire)
-    }
-
     /// This node's current id.
     pub(super) fn node(&self) -> NodeId {
         *self.node.lock()
@@ -286,34 +271,11 @@ impl Peers {
 impl Engine {
     /// Joins the backend's membership. Returns whether other live nodes were found (`false`
     /// also on a backend only one process uses).
-    ///
-    /// On a one-writer backend whose lease another node holds, waits for it to expire (a
-    /// node restarted after a crash finds its predecessor's lease), for up to the lease
-    /// and a second; then the refusal is the answer (the holder is alive and renewing).
     pub(super) async fn join(&self) -> Result<bool, StorageError> {
         let node = self.peers.node();
-        let deadline = Instant::now() + self.peers.config.lease + Duration::from_secs(1);
-        let mut warned = false;
-        let members = loop {
-            match self.heartbeat(Beat::Join, node).await {
-                Err(StorageError::Fenced(e)) if Instant::now() < deadline => {
-                    if !warned {
-                        warned = true;
-                        tracing::warn!(error = %e, "waiting for the backend's writer lease");
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                other => break other?,
-            }
-        };
-        let Some(members) = members else {
+        let Some(members) = self.heartbeat(Beat::Join, node).await? else {
             return Ok(false);
         };
-        self.peers.leased.store(true, Ordering::Release);
-        if !self.storage.multi_writer() {
-            tracing::info!(%node, "holds the backend's writer lease");
-            return Ok(false);
-        }
         self.peers.shared.store(true, Ordering::Release);
         let others = members.iter().any(|m| m.node != node);
         tracing::info!(%node, nodes = members.len(), "joined the nodes sharing the backend");
@@ -382,27 +344,11 @@ impl Engine {
         (pos, clock)
     }
 
-    /// Renews the lease; a lease found expired is replaced (see the module documentation),
-    /// except on a one-writer backend, where the node then refuses every transaction (the
-    /// commit set it holds misses what the node that took over committed).
+    /// Renews the lease; a lease found expired is replaced (see the module documentation).
     async fn renew(&self) {
-        if self.peers.fenced.load(Ordering::Acquire) {
-            return;
-        }
         let node = self.peers.node();
         match self.heartbeat(Beat::Renew, node).await {
             Ok(_) => {}
-            Err(StorageError::Fenced(e)) if !self.peers.shared() => {
-                self.peers.fenced.store(true, Ordering::Release);
-                let revoked = self.revoke_all_snapshots();
-                self.peers.rejoins.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    %node,
-                    revoked,
-                    error = %e,
-                    "this node lost the backend's writer lease: it refuses every transaction; restart it to serve again"
-                );
-            }
             Err(StorageError::Fenced(_)) => self.rejoin_after(node).await,
             Err(e) => tracing::warn!(error = %e, "cannot renew this node's lease; will retry"),
         }
@@ -452,25 +398,9 @@ impl Engine {
         }
     }
 
-    /// A commit of this node was refused by the fence. On a one-writer backend the node
-    /// stops serving at once (as [`Engine::renew`] would find); on a shared one its next
-    /// renewal rejoins.
-    pub(super) fn commit_fenced(&self) {
-        if self.peers.shared() || self.peers.fenced.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let revoked = self.revoke_all_snapshots();
-        self.peers.rejoins.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(
-            node = %self.peers.node(),
-            revoked,
-            "a commit found that this node lost the backend's writer lease: it refuses every transaction; restart it to serve again"
-        );
-    }
-
     /// Gives the lease up (a clean shutdown), best effort.
     pub(super) async fn leave(&self) {
-        if !self.peers.leased() || self.peers.fenced.load(Ordering::Acquire) {
+        if !self.peers.shared() {
             return;
         }
         let node = self.peers.node();
@@ -531,19 +461,10 @@ impl Engine {
         }
     }
 
-    /// Catches up before a transaction begins, if the freshness setting asks for it.
-    /// Fails on a node that lost a one-writer backend's lease.
-    pub(super) async fn fresh(&self) -> Result<(), TxnError> {
+    /// Catches up before a transaction begins (or WATCH takes its versions), if the
+    /// freshness setting asks for it.
+    pub(crate) async fn fresh(&self) -> Result<(), TxnError> {
         self.wait_until_known().await;
-        if self.peers.fenced.load(Ordering::Acquire) {
-            return Err(TxnError::Storage(StorageError::Fenced(
-                format!(
-                    "{}: this node lost the backend's writer lease to another node; restart it to serve again",
-                    self.storage.name()
-                )
-                .into(),
-            )));
-        }
         match self.peers.config.freshness {
             Freshness::RealTime if !self.alone() => self.catch_up().await,
             _ => Ok(()),
@@ -556,12 +477,6 @@ impl Engine {
     fn alone(&self) -> bool {
         let now = self.peers.epoch.elapsed().as_millis();
         u128::from(self.peers.alone_until_ms.load(Ordering::Acquire)) > now
-    }
-
-    /// Whether this node lost a one-writer backend's lease to another node: it then serves
-    /// nothing and collects nothing.
-    pub fn is_fenced(&self) -> bool {
-        self.peers.fenced()
     }
 
     /// A fresh transaction id: 128 random bits, or on a shared backend this node's tag (the
@@ -592,11 +507,6 @@ impl Engine {
             None if view.departed.contains(&tag) => Owner::Gone,
             None => Owner::Unknown,
         }
-    }
-
-    /// Catches up before WATCH takes the versions it watches (as [`Engine::begin_fresh`]).
-    pub async fn fresh_for_watch(&self) -> Result<(), TxnError> {
-        self.fresh().await
     }
 
     /// Reads the log from the cursor to its head, applying every record (one round).
@@ -652,8 +562,7 @@ impl Engine {
 
     fn spawn_every(self: &Arc<Self>, interval: Duration, task: Task) {
         let wanted = match task {
-            Task::Renew => self.peers.leased(),
-            Task::Tail => self.peers.shared(),
+            Task::Renew | Task::Tail => self.peers.shared(),
         };
         if !wanted {
             return;

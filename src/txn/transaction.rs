@@ -581,15 +581,19 @@ impl Txn {
             )
         };
         let idempotency_key = self.idempotency_key.take();
-        // What validation saw, to validate again if the backend's log moved meanwhile.
-        let revalidate = Revalidation {
-            checks: self.checks.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            watches: watches
-                .into_iter()
-                .flat_map(Watches::iter)
-                .map(|(k, s)| (k.clone(), *s))
-                .collect(),
-        };
+        // What validation saw, to validate again if the backend's log moved meanwhile (only
+        // a backend whose commits claim log positions answers that).
+        let revalidate =
+            (engine.peers.shared() && engine.storage.commits_claim_positions()).then(|| {
+                Revalidation {
+                    checks: self.checks.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    watches: watches
+                        .into_iter()
+                        .flat_map(Watches::iter)
+                        .map(|(k, s)| (k.clone(), *s))
+                        .collect(),
+                }
+            });
         // On a shared backend the backend decides the checks again, against every node's
         // commits: watched keys first, then keys read for update.
         let (conditions, watched) = if engine.peers.shared() {
@@ -609,16 +613,7 @@ impl Txn {
             };
             (conditions, watched)
         } else {
-            // A one-writer backend checks only the committer's lease.
-            let node = engine.peers.leased().then(|| engine.peers.node());
-            (
-                Conditions {
-                    node,
-                    at_ms: clock::Clock::physical_ms(id.ts),
-                    ..Conditions::default()
-                },
-                0,
-            )
+            (Conditions::default(), 0)
         };
         // The rest runs in its own task: once the commit is sent, a client that goes away
         // cannot leave it durable but unpublished, nor a FLUSHALL half fenced.
@@ -652,7 +647,13 @@ impl Txn {
                     return Err(e);
                 }
                 let at = engine.peers.cursor.load(Ordering::Acquire);
-                if let Err(e) = engine.still_valid(&revalidate, clock::wall_ms()) {
+                let valid = match &revalidate {
+                    Some(what) => engine.still_valid(what, clock::wall_ms()),
+                    None => Err(TxnError::Internal(
+                        "the backend answered Moved to a commit that claims no log position".into(),
+                    )),
+                };
+                if let Err(e) = valid {
                     engine.gc.tracker.lock().orphans(pending.orphans());
                     return Err(e);
                 }

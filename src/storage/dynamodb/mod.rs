@@ -339,11 +339,6 @@ impl Storage for DynamoDbStorage {
         Box::pin(self.open_call(self.heartbeat_now(beat)))
     }
 
-    /// Several nodes commit at once, ordered by the log (see the `log` module).
-    fn multi_writer(&self) -> bool {
-        true
-    }
-
     fn commits_claim_positions(&self) -> bool {
         true
     }

@@ -256,10 +256,6 @@ impl Storage for RedisStorage {
         Box::pin(self.heartbeat_now(beat))
     }
 
-    fn multi_writer(&self) -> bool {
-        true
-    }
-
     fn log_tail(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<LogPage, StorageError>> {
         Box::pin(self.tail_now(after, limit))
     }

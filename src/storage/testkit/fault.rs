@@ -518,10 +518,6 @@ impl Storage for FaultyStorage {
         })
     }
 
-    fn multi_writer(&self) -> bool {
-        self.inner.multi_writer()
-    }
-
     fn commits_claim_positions(&self) -> bool {
         self.inner.commits_claim_positions()
     }

@@ -616,10 +616,6 @@ impl Engine {
     pub async fn collect_garbage(&self) -> GcReport {
         let mut round = self.gc.round.lock().await;
         let mut report = GcReport::default();
-        if self.is_fenced() {
-            // Another node serves the backend now; this one touches nothing.
-            return report;
-        }
         // Not while a commit of unknown outcome is being sent again: a resend racing the
         // reclamation of the same commit's versions could complete over deleted versions.
         let settling = self.unresolved.load(Ordering::Acquire) > 0;
