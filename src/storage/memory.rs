@@ -167,8 +167,9 @@ impl Storage for MemoryStorage {
     fn delete(
         &self,
         versions: Vec<VersionKey>,
-        commits: Vec<VersionId>,
+        commits: Vec<VersionKey>,
     ) -> BoxFuture<'_, Result<(), StorageError>> {
+        let commits = commits.into_iter().map(|c| c.version).collect();
         Box::pin(async move { self.delete_now(versions, commits) })
     }
 

@@ -48,6 +48,7 @@ pub mod dynamodb;
 pub mod embedded;
 mod error;
 pub mod memory;
+mod position;
 pub mod record;
 pub mod redis;
 #[cfg(feature = "testkit")]
@@ -55,6 +56,7 @@ pub mod testkit;
 mod url;
 
 pub use error::{Failure, StorageError};
+pub use position::LogPos;
 
 use std::fmt;
 use std::future::Future;
@@ -188,10 +190,11 @@ pub struct Conditions {
     /// time, the same in every resend of the commit.
     pub at_ms: u64,
     /// The log position up to which the committer knew every commit when it validated the
-    /// checks. A backend that decides conflicts by ordering commits in its log (DynamoDB)
-    /// creates the record only if the log's head is still there, and otherwise answers
-    /// [`CommitOutcome::Moved`]: the committer catches up, validates again, and resends.
-    pub log_at: Option<u64>,
+    /// checks. A backend that decides conflicts by ordering commits in its log (DynamoDB,
+    /// whose log is one shard) creates the record only if the log's head is still there, and
+    /// otherwise answers [`CommitOutcome::Moved`]: the committer catches up, validates
+    /// again, and resends.
+    pub log_at: Option<LogPos>,
     /// `(key, version read)`: the commit is refused with [`CommitOutcome::Conflict`] (the
     /// index of the first failed check) unless the key's head is that version, or the key
     /// has no head (collected), or nothing was read (`None`) and the head is a tombstone.
@@ -200,17 +203,31 @@ pub struct Conditions {
     pub deleted: Vec<Bytes>,
 }
 
+/// The key that places a commit record in a backend that spreads records over shards: its
+/// idempotency key if it has one (the entry and the record are decided together), else the
+/// least key it writes or deletes (empty if none). Both the backend that stores the record
+/// and the core that later deletes it ([`Storage::delete`]) derive it from the record.
+pub fn anchor<'a>(
+    idempotency_key: Option<&'a Bytes>,
+    written: impl IntoIterator<Item = &'a Bytes>,
+) -> Bytes {
+    match idempotency_key {
+        Some(key) => key.clone(),
+        None => written.into_iter().min().cloned().unwrap_or_default(),
+    }
+}
+
 /// A page of the commit log (see [`Storage::log_tail`]).
 #[derive(Clone, Debug, Default)]
 pub struct LogPage {
-    /// The position of the newest record in the log when the page was read (0: none yet).
-    pub head: u64,
-    /// `(position, record)` in increasing position order.
-    pub records: Vec<(u64, CommitRecord)>,
-    /// Every record created after the page's start and at or below this position is in
-    /// `records` (those garbage collection deleted excepted): `head` when the page reached
-    /// the head, less when it stopped at its limit.
-    pub through: u64,
+    /// The position of the newest record of every shard when the page was read.
+    pub head: LogPos,
+    /// The records, in creation order within each shard.
+    pub records: Vec<CommitRecord>,
+    /// Every record created after the page's start and at or below this position (shard by
+    /// shard) is in `records` (those garbage collection deleted excepted): `head` when the
+    /// page reached the head, less in a shard where it stopped at its limit.
+    pub through: LogPos,
 }
 
 /// What a node tells the others with each renewal of its lease.
@@ -222,7 +239,7 @@ pub struct Heartbeat {
     pub lease: std::time::Duration,
     /// The node's watermark: the log position up to which it knows every commit and below
     /// which it holds no snapshot (garbage collection on every node stays behind it).
-    pub watermark: u64,
+    pub watermark: LogPos,
     /// The clock (ms since the epoch) of the node's oldest running transaction: a key that
     /// expired before it may still be read there.
     pub oldest_clock_ms: u64,
@@ -249,7 +266,7 @@ pub struct Member {
     /// The node.
     pub node: NodeId,
     /// Its last published watermark.
-    pub watermark: u64,
+    pub watermark: LogPos,
     /// Its last published oldest transaction clock.
     pub oldest_clock_ms: u64,
     /// Its address, as it published it.
@@ -314,11 +331,13 @@ pub trait Storage: Send + Sync + 'static {
         idempotency_key: Bytes,
     ) -> BoxFuture<'_, Result<Option<VersionId>, StorageError>>;
 
-    /// Deletes versions and commit records (with their idempotency entries). Idempotent.
+    /// Deletes versions and commit records (with their idempotency entries). Idempotent. A
+    /// record is named by its id and its [`anchor`] (`key`), which tells a backend that
+    /// spreads records over shards where it is.
     fn delete(
         &self,
         versions: Vec<VersionKey>,
-        commits: Vec<VersionId>,
+        commits: Vec<VersionKey>,
     ) -> BoxFuture<'_, Result<(), StorageError>>;
 
     /// Flushes what is buffered and releases resources; later calls fail with `Closed`.
@@ -364,18 +383,24 @@ pub trait Storage: Send + Sync + 'static {
     }
 
     /// Whether a commit that succeeded with [`Conditions::log_at`] `= p` holds log position
-    /// `p + 1` (the backend orders commits by that claim, DynamoDB), so that its committer,
-    /// if it had applied everything up to `p`, has applied everything up to `p + 1`. The
-    /// default: positions are given otherwise (Redis numbers records as it creates them).
+    /// `p + 1` of the log's only shard (the backend orders commits by that claim, DynamoDB),
+    /// so that its committer, if it had applied everything up to `p`, has applied everything
+    /// up to `p + 1`. The default: positions are given otherwise (Redis numbers records as it
+    /// creates them).
     fn commits_claim_positions(&self) -> bool {
         false
     }
 
     /// Commit records created after log position `after`, in the order they were created
-    /// (at most `limit`), with the log's head. Positions grow by one per record, so a reader
-    /// that applied a whole page up to `head` knows every record created before the call.
-    /// Records garbage collection deleted are left out. Only for shared backends.
-    fn log_tail(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<LogPage, StorageError>> {
+    /// within each shard (at most `limit` per shard), with the log's head. Positions grow by
+    /// one per record in each shard, so a reader that applied a whole page up to `head`
+    /// knows every record created before the call. Records garbage collection deleted are
+    /// left out. `limit` 0 reads the head only. Only for shared backends.
+    fn log_tail(
+        &self,
+        after: LogPos,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<LogPage, StorageError>> {
         let _ = (after, limit);
         Box::pin(async { Ok(LogPage::default()) })
     }

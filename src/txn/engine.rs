@@ -18,7 +18,7 @@ use super::resolve::{self, Unresolved};
 use super::transaction::Txn;
 use super::TxnError;
 use crate::storage::{
-    CommitBatch, CommitOutcome, CommitRecord, Conditions, Storage, StorageError, VersionId,
+    CommitBatch, CommitOutcome, CommitRecord, Conditions, LogPos, Storage, StorageError, VersionId,
     VersionKey,
 };
 
@@ -211,8 +211,8 @@ impl Engine {
     async fn recover(&self) -> Result<(), StorageError> {
         const PAGE: usize = 1024;
         if self.peers.shared() {
-            let head = self.storage.log_tail(u64::MAX, 1).await?.head;
-            self.peers.cursor.store(head, Ordering::Release);
+            let head = self.storage.log_tail(LogPos::default(), 0).await?.head;
+            *self.peers.cursor.lock() = head;
         }
         let mut after = None;
         loop {
@@ -224,8 +224,7 @@ impl Engine {
                 let writes = record::decode_body(&record.body)?;
                 self.clock.observe(record.id.ts);
                 let values = vec![None; writes.len()];
-                let idempotent = record.idempotency_key.is_some();
-                self.publish(record.id, &writes, values, idempotent);
+                self.publish(record.id, &writes, values, record.idempotency_key.as_ref());
                 self.stats.recovered_commits.fetch_add(1, Ordering::Relaxed);
             }
             if !full {
@@ -340,7 +339,7 @@ impl Engine {
     /// Pins the current snapshot for a transaction whose clock is `clock`.
     pub(super) fn pin(&self, clock: u64) -> Pin {
         // Before the sequence: every record at or below the cursor is published.
-        let pos = self.peers.cursor.load(Ordering::Acquire);
+        let pos = self.peers.cursor.lock().clone();
         let mut snapshots = self.snapshots.lock();
         // Read under the lock: a round computing its watermark sees this pin, or a
         // sequence number no greater than it.
@@ -363,7 +362,7 @@ impl Engine {
         id: VersionId,
         writes: &[WriteMeta],
         values: Vec<Option<Bytes>>,
-        idempotent: bool,
+        idempotency_key: Option<&Bytes>,
     ) -> bool {
         let _order = self.publish_lock.lock();
         {
@@ -374,7 +373,7 @@ impl Engine {
             tracker.track(
                 id,
                 writes.iter().map(|w| w.key.clone()).collect(),
-                idempotent,
+                idempotency_key.cloned(),
                 std::time::Instant::now(),
             );
         }
@@ -454,7 +453,8 @@ impl Engine {
                 }
             }
             _ => {
-                self.publish(id, &pending.metas, pending.cached, pending.idempotent);
+                let idempotency_key = pending.batch.record.idempotency_key.as_ref();
+                self.publish(id, &pending.metas, pending.cached, idempotency_key);
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 Concluded::Committed(id)
             }
@@ -516,7 +516,6 @@ pub(super) struct PendingCommit {
     pub(super) batch: CommitBatch,
     pub(super) metas: Vec<WriteMeta>,
     pub(super) cached: Vec<Option<Bytes>>,
-    pub(super) idempotent: bool,
     /// The first checks of `batch.conditions` are on watched keys: this many.
     pub(super) watched: usize,
 }
@@ -642,7 +641,6 @@ impl PendingCommit {
             }
         }
         PendingCommit {
-            idempotent: idempotency_key.is_some(),
             batch: CommitBatch {
                 versions,
                 record: CommitRecord {

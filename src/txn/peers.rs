@@ -60,7 +60,7 @@ use super::clock::{self, Clock};
 use super::gc::Work;
 use super::record;
 use super::{Engine, TxnError};
-use crate::storage::{Beat, Heartbeat, Member, NodeId, StorageError, TxnId};
+use crate::storage::{Beat, Heartbeat, LogPos, Member, NodeId, StorageError, TxnId};
 
 /// Default lease of a node.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
@@ -139,7 +139,7 @@ struct Rounds {
 
 /// Deletion work waiting for the cluster-wide watermark.
 struct Deferred {
-    pos: u64,
+    pos: LogPos,
     at_ms: u64,
     work: Work,
 }
@@ -151,9 +151,9 @@ pub(crate) struct Peers {
     /// deferral are on.
     shared: AtomicBool,
     /// Every record at or below this log position is applied.
-    pub(super) cursor: AtomicU64,
+    pub(super) cursor: Mutex<LogPos>,
     /// The newest log position seen.
-    head: AtomicU64,
+    head: Mutex<LogPos>,
     view: Mutex<View>,
     rounds: Mutex<Rounds>,
     round_done: Notify,
@@ -215,9 +215,9 @@ pub struct PeersInfo {
     /// See [`Freshness`].
     pub freshness: Freshness,
     /// Log position up to which every record is applied.
-    pub cursor: u64,
+    pub cursor: LogPos,
     /// Newest log position seen.
-    pub head: u64,
+    pub head: LogPos,
     /// Remote commits applied.
     pub remote_commits: u64,
     /// Delay from the last remote commit's timestamp to its application here.
@@ -235,8 +235,8 @@ impl Peers {
         Peers {
             node: Mutex::new(NodeId(rand::random())),
             shared: AtomicBool::new(false),
-            cursor: AtomicU64::new(0),
-            head: AtomicU64::new(0),
+            cursor: Mutex::new(LogPos::default()),
+            head: Mutex::new(LogPos::default()),
             view: Mutex::new(View::default()),
             rounds: Mutex::new(Rounds::default()),
             round_done: Notify::new(),
@@ -331,13 +331,13 @@ impl Engine {
 
     /// This node's watermark: the cursor at its oldest live snapshot (or its cursor), and
     /// the clock of its oldest running transaction.
-    fn node_watermark(&self) -> (u64, u64) {
+    fn node_watermark(&self) -> (LogPos, u64) {
         if !self.peers.loaded.load(Ordering::Acquire) {
-            return (0, 0);
+            return (LogPos::default(), 0);
         }
-        let cursor = self.peers.cursor.load(Ordering::Acquire);
+        let cursor = self.peers.cursor.lock().clone();
         let mut snapshots = self.snapshots.lock();
-        let pos = snapshots.min_pos(cursor);
+        let pos = snapshots.min_pos(&cursor);
         let clock = snapshots
             .watermark(self.seq.load(Ordering::Acquire))
             .min_now;
@@ -511,18 +511,18 @@ impl Engine {
 
     /// Reads the log from the cursor to its head, applying every record (one round).
     async fn read_log(&self) -> Result<(), StorageError> {
-        let mut after = self.peers.cursor.load(Ordering::Acquire);
+        let mut after = self.peers.cursor.lock().clone();
         loop {
-            let page = self.storage.log_tail(after, TAIL_PAGE).await?;
+            let page = self.storage.log_tail(after.clone(), TAIL_PAGE).await?;
             let now = clock::wall_ms();
-            for (_, rec) in page.records {
+            for rec in page.records {
                 let writes = record::decode_body(&rec.body)?;
                 self.clock.observe(rec.id.ts);
                 let fresh = self.publish(
                     rec.id,
                     &writes,
                     vec![None; writes.len()],
-                    rec.idempotency_key.is_some(),
+                    rec.idempotency_key.as_ref(),
                 );
                 if fresh {
                     let lag = now.saturating_sub(Clock::physical_ms(rec.id.ts));
@@ -531,10 +531,16 @@ impl Engine {
                     self.peers.lag_max_ms.fetch_max(lag, Ordering::Relaxed);
                 }
             }
-            self.peers.head.fetch_max(page.head, Ordering::AcqRel);
+            {
+                let mut head = self.peers.head.lock();
+                *head = head.max(&page.head);
+            }
             // Published before the cursor moves: a pin that reads the cursor sees them.
-            self.peers.cursor.fetch_max(page.through, Ordering::AcqRel);
-            if page.through >= page.head || page.through <= after {
+            {
+                let mut cursor = self.peers.cursor.lock();
+                *cursor = cursor.max(&page.through);
+            }
+            if page.through.covers(&page.head) || after.covers(&page.through) {
                 return Ok(());
             }
             after = page.through;
@@ -588,9 +594,9 @@ impl Engine {
     /// The cluster-wide watermark, `(log position, clock)`, if deletions may run now: the
     /// minimum over live nodes, from a view younger than [`VIEW_FRESH`]. Always allowed (no
     /// limit) on a backend only one process uses.
-    fn cluster_watermark(&self) -> Option<(u64, u64)> {
+    fn cluster_watermark(&self) -> Option<(Option<LogPos>, u64)> {
         if !self.peers.shared() {
-            return Some((u64::MAX, u64::MAX));
+            return Some((None, u64::MAX));
         }
         let view = self.peers.view.lock();
         let fresh = view.at.is_some_and(|at| at.elapsed() < VIEW_FRESH);
@@ -602,10 +608,10 @@ impl Engine {
         let mut pos = own_pos;
         let mut clock = own_clock;
         for m in view.members.iter().filter(|m| m.node != own) {
-            pos = pos.min(m.watermark);
+            pos = pos.min(&m.watermark);
             clock = clock.min(m.oldest_clock_ms);
         }
-        Some((pos, clock))
+        Some((Some(pos), clock))
     }
 
     /// Garbage collection's deletion work, held back until every live node's watermark
@@ -624,7 +630,7 @@ impl Engine {
             let mut queued = self.peers.deferred_records.lock();
             records
                 .into_iter()
-                .filter(|id| queued.insert(id.txn))
+                .filter(|id| queued.insert(id.version.txn))
                 .collect()
         };
         let work = Work {
@@ -636,7 +642,7 @@ impl Engine {
             // A round that starts now reads a head at or above every superseding commit.
             match self.catch_up().await {
                 Ok(()) => {
-                    let pos = self.peers.head.load(Ordering::Acquire);
+                    let pos = self.peers.head.lock().clone();
                     self.peers.deferred.lock().push_back(Deferred {
                         pos,
                         at_ms: clock::wall_ms(),
@@ -656,7 +662,7 @@ impl Engine {
         let mut deferred = self.peers.deferred.lock();
         while deferred
             .front()
-            .is_some_and(|d| d.pos <= pos && d.at_ms <= clock)
+            .is_some_and(|d| pos.as_ref().is_none_or(|p| p.covers(&d.pos)) && d.at_ms <= clock)
         {
             let Some(d) = deferred.pop_front() else { break };
             out.versions.extend(d.work.versions);
@@ -666,7 +672,7 @@ impl Engine {
         drop(deferred);
         let mut queued = self.peers.deferred_records.lock();
         for id in &out.records {
-            queued.remove(&id.txn);
+            queued.remove(&id.version.txn);
         }
         out
     }
@@ -676,7 +682,7 @@ impl Engine {
         {
             let mut queued = self.peers.deferred_records.lock();
             for id in &work.records {
-                queued.remove(&id.txn);
+                queued.remove(&id.version.txn);
             }
         }
         let mut tracker = self.gc.tracker.lock();
@@ -693,8 +699,8 @@ impl Engine {
             members: view.members.clone(),
             view_age: view.at.map(|at| at.elapsed()),
             freshness: self.peers.config.freshness,
-            cursor: self.peers.cursor.load(Ordering::Relaxed),
-            head: self.peers.head.load(Ordering::Relaxed),
+            cursor: self.peers.cursor.lock().clone(),
+            head: self.peers.head.lock().clone(),
             remote_commits: self.peers.remote_commits.load(Ordering::Relaxed),
             lag_last_ms: self.peers.lag_last_ms.load(Ordering::Relaxed),
             lag_max_ms: self.peers.lag_max_ms.load(Ordering::Relaxed),

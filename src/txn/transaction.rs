@@ -527,7 +527,7 @@ impl Txn {
         }
         // Validate and reserve in one critical section: first committer wins. The log
         // position is read first: every commit at or below it is in the index validated.
-        let log_at = engine.peers.cursor.load(Ordering::Acquire);
+        let log_at = engine.peers.cursor.lock().clone();
         let (id, guard, flush) = {
             let mut inflight = engine.inflight.lock();
             if !self.checks.is_empty() {
@@ -646,7 +646,7 @@ impl Txn {
                     engine.gc.tracker.lock().orphans(pending.orphans());
                     return Err(e);
                 }
-                let at = engine.peers.cursor.load(Ordering::Acquire);
+                let at = engine.peers.cursor.lock().clone();
                 let valid = match &revalidate {
                     Some(what) => engine.still_valid(what, clock::wall_ms()),
                     None => Err(TxnError::Internal(
@@ -659,18 +659,17 @@ impl Txn {
                 }
                 pending.batch.conditions.log_at = Some(at);
             };
-            let claimed = pending.batch.conditions.log_at;
+            let claimed = pending.batch.conditions.log_at.clone();
             let settled = engine.settle(outcome, pending, guard);
             let claims = engine.storage.commits_claim_positions();
             if let (Ok(Some(_)), Some(at), true) = (&settled, claimed, claims) {
-                // This commit took position at + 1: nothing lies between, so a node that
-                // had applied everything up to `at` has applied everything up to it.
-                let _ = engine.peers.cursor.compare_exchange(
-                    at,
-                    at + 1,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
+                // This commit took position at + 1 of the only shard: nothing lies between,
+                // so a node that had applied everything up to `at` has applied everything up
+                // to it.
+                let mut cursor = engine.peers.cursor.lock();
+                if *cursor == at {
+                    *cursor = at.with(0, at.get(0) + 1);
+                }
             }
             match (settled, committer) {
                 (Err(TxnError::Storage(StorageError::Fenced(_))), Some(node))

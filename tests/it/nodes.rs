@@ -54,39 +54,51 @@ impl Shared {
         }
     }
 
-    /// How many keys have a head (the latest version committed to them) in the backend.
-    fn stored_heads(&self) -> usize {
-        let (port, prefix): (u16, &str) = match self {
-            Shared::Redis(redis) => (redis.port, "aft:"),
-            Shared::Cluster(cluster, prefix) => (cluster.nodes[0].port, prefix),
-            Shared::DynamoDb(_) => panic!("counted on Redis only"),
-        };
-        let heads = format!("{prefix}{{{prefix}}}heads");
-        cli(port, &["-c", "hlen", &heads])
-            .trim()
-            .parse()
-            .expect("HLEN")
-    }
-
-    /// How many stored versions (of any key) the backend holds now.
-    fn stored_versions(&self) -> usize {
-        let (ports, prefix): (Vec<u16>, &str) = match self {
+    /// The Redis servers (a cluster's masters) and the prefix aft stores under.
+    fn servers(&self) -> (Vec<u16>, &str) {
+        match self {
             Shared::Redis(redis) => (vec![redis.port], "aft:"),
             Shared::Cluster(cluster, prefix) => {
                 (cluster.nodes.iter().map(|n| n.port).collect(), prefix)
             }
             Shared::DynamoDb(_) => panic!("counted on Redis only"),
-        };
-        let pattern = format!("{prefix}v{{*");
+        }
+    }
+
+    /// The stored keys matching `pattern`, with the port of the server holding each.
+    fn stored_keys(&self, pattern: &str) -> Vec<(u16, String)> {
+        let (ports, _) = self.servers();
         ports
             .into_iter()
-            .map(|port| {
-                cli(port, &["--scan", "--pattern", &pattern])
+            .flat_map(|port| {
+                cli(port, &["--scan", "--pattern", pattern])
                     .lines()
                     .filter(|l| !l.is_empty())
-                    .count()
+                    .map(|l| (port, l.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// How many keys have a head (the latest version committed to them) in the backend,
+    /// over every shard of the log.
+    fn stored_heads(&self) -> usize {
+        let (_, prefix) = self.servers();
+        self.stored_keys(&format!("{prefix}{{*}}heads"))
+            .into_iter()
+            .map(|(port, heads)| {
+                cli(port, &["hlen", &heads])
+                    .trim()
+                    .parse::<usize>()
+                    .expect("HLEN")
             })
             .sum()
+    }
+
+    /// How many stored versions (of any key) the backend holds now.
+    fn stored_versions(&self) -> usize {
+        let (_, prefix) = self.servers();
+        self.stored_keys(&format!("{prefix}v{{*")).len()
     }
 }
 
@@ -553,6 +565,89 @@ async fn deleted_keys_leave_nothing_behind(kind: &str) {
     // A key set again after its head went is an ordinary key.
     assert_eq!(text(&mut cb, &["INCR", "gone-0"]).await, "1");
     assert_eq!(text(&mut ca, &["INCR", "gone-0"]).await, "2");
+}
+
+/// `calls` of `command` in each server's INFO commandstats.
+fn command_calls(ports: &[u16], command: &str) -> Vec<u64> {
+    let field = format!("cmdstat_{command}:calls=");
+    ports
+        .iter()
+        .map(|port| {
+            cli(*port, &["info", "commandstats"])
+                .lines()
+                .find_map(|l| l.strip_prefix(&field))
+                .and_then(|rest| rest.split(',').next())
+                .map_or(0, |n| n.parse().expect("calls"))
+        })
+        .collect()
+}
+
+/// Commits through three nodes on a 3-master cluster spread over the masters: each runs a
+/// fair share of the commit scripts and holds a fair share of the records, and a commit of
+/// one key costs one write of its value, whatever the number of nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_spread_over_the_masters_of_a_cluster() {
+    let backend = Shared::start("redis-cluster").await;
+    let (ports, prefix) = backend.servers();
+    let prefix = prefix.to_string();
+    let nodes = three(&backend.url(), &[]).await;
+    let (scripts, writes) = (
+        command_calls(&ports, "evalsha"),
+        command_calls(&ports, "mset"),
+    );
+    const PER_CLIENT: usize = 100;
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for client in 0..2 {
+            let mut c = node.client().await;
+            tasks.push(tokio::spawn(async move {
+                for i in 0..PER_CLIENT {
+                    let key = format!("spread:{n}:{client}:{i}");
+                    assert_eq!(text(&mut c, &["SET", &key, "v"]).await, "OK");
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let commits = (6 * PER_CLIENT) as u64;
+    let scripts: Vec<u64> = command_calls(&ports, "evalsha")
+        .iter()
+        .zip(&scripts)
+        .map(|(after, before)| after - before)
+        .collect();
+    let writes: Vec<u64> = command_calls(&ports, "mset")
+        .iter()
+        .zip(&writes)
+        .map(|(after, before)| after - before)
+        .collect();
+    // Records per master, from the log's shards (each in the slot of its tag).
+    let mut records = vec![0u64; ports.len()];
+    for (port, tail) in backend.stored_keys(&format!("{prefix}{{*}}tail")) {
+        let n: u64 = cli(port, &["zcard", &tail]).trim().parse().expect("ZCARD");
+        records[ports.iter().position(|p| *p == port).expect("a master")] += n;
+    }
+    let total_scripts: u64 = scripts.iter().sum();
+    println!(
+        "{commits} commits: records per master {records:?}, scripts per master {scripts:?} \
+         ({:.2} per commit, with the tailers' and leases'), value writes per master {writes:?}",
+        total_scripts as f64 / commits as f64
+    );
+    assert_eq!(records.iter().sum::<u64>(), commits);
+    assert_eq!(writes.iter().sum::<u64>(), commits, "one MSET per commit");
+    let fair = commits / ports.len() as u64;
+    for (what, counts) in [("records", &records), ("scripts", &scripts)] {
+        let share = if what == "records" {
+            fair
+        } else {
+            total_scripts / ports.len() as u64
+        };
+        assert!(
+            counts.iter().all(|n| *n >= share / 2),
+            "{what} per master: {counts:?}"
+        );
+    }
 }
 
 /// One test module per scenario, with a test per backend of `$backends`.

@@ -90,8 +90,9 @@ impl DynamoDbStorage {
             .node
             .map(|node| self.lease_check(node, conditions.at_ms))
             .transpose()?;
-        let log = conditions
-            .log_at
+        // The log is one shard.
+        let log_at = conditions.log_at.as_ref().map(|at| at.get(0));
+        let log = log_at
             .map(|at| self.log_claim(at, record.id).map(|actions| (actions, at)))
             .transpose()?;
         let id = record.id;
@@ -119,8 +120,7 @@ impl DynamoDbStorage {
             sk.clone(),
             &encoded,
             chunk,
-            conditions
-                .log_at
+            log_at
                 .map(|at| (LOG_POSITION, num(at + 1)))
                 .into_iter()
                 .collect(),

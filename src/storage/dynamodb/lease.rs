@@ -41,7 +41,8 @@ fn parse_lease(item: &Item, now: u64) -> Option<Member> {
     };
     Some(Member {
         node: NodeId(node),
-        watermark: number(WATERMARK)?,
+        // The log is one shard.
+        watermark: crate::storage::LogPos::single(number(WATERMARK)?),
         oldest_clock_ms: number(OLDEST)?,
         address: item
             .get(ADDRESS)
@@ -69,7 +70,7 @@ impl DynamoDbStorage {
                 let mut item = lease_key(beat.node);
                 item.insert(EXPIRES_MS.into(), num(now.saturating_add(lease_ms)));
                 item.insert(ADDRESS.into(), AttributeValue::S(beat.address.clone()));
-                item.insert(WATERMARK.into(), num(beat.watermark));
+                item.insert(WATERMARK.into(), num(beat.watermark.get(0)));
                 item.insert(OLDEST.into(), num(beat.oldest_clock_ms));
                 let mut action = put_action(&self.table, item)?;
                 if beat.kind == Beat::Renew {

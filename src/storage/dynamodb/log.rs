@@ -15,7 +15,7 @@ use super::layout::{
     LOG_SEQ, PK, SINGLE_SK,
 };
 use super::{DynamoDbStorage, BACKEND};
-use crate::storage::{record, LogPage, StorageError, VersionId};
+use crate::storage::{record, LogPage, LogPos, StorageError, VersionId};
 
 fn head_key() -> Item {
     key_item(LOG_HEAD_PK.to_vec(), SINGLE_SK.to_vec())
@@ -60,11 +60,17 @@ impl DynamoDbStorage {
     /// [`Storage::log_tail`](crate::storage::Storage::log_tail): the head, then the entries
     /// after `after`, then their records.
     pub(super) async fn tail_now(&self, after: u64, limit: usize) -> Result<LogPage, StorageError> {
-        let limit = limit.max(1);
         let head = match self.get_item(head_key()).await? {
             Some(item) => get_num(&item, LOG_SEQ)?.unwrap_or(0),
             None => 0,
         };
+        if limit == 0 {
+            return Ok(LogPage {
+                head: LogPos::single(head),
+                records: Vec::new(),
+                through: LogPos::single(after),
+            });
+        }
         let entries = self
             .query_all(
                 LOG_PK.to_vec(),
@@ -108,17 +114,14 @@ impl DynamoDbStorage {
         let refs: Vec<&Item> = found.iter().map(|(_, _, item)| *item).collect();
         let payloads = self.payloads(&refs).await?;
         let mut records = Vec::with_capacity(found.len());
-        for ((pos, id, _), payload) in found.into_iter().zip(payloads) {
+        for ((_, id, _), payload) in found.into_iter().zip(payloads) {
             let Some(payload) = payload else { continue };
-            records.push((
-                pos,
-                record::decode(BACKEND, id, bytes::Bytes::from(payload))?,
-            ));
+            records.push(record::decode(BACKEND, id, bytes::Bytes::from(payload))?);
         }
         Ok(LogPage {
-            head,
+            head: LogPos::single(head),
             records,
-            through,
+            through: LogPos::single(through.max(after)),
         })
     }
 

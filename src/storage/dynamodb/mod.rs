@@ -310,8 +310,9 @@ impl Storage for DynamoDbStorage {
     fn delete(
         &self,
         versions: Vec<VersionKey>,
-        commits: Vec<VersionId>,
+        commits: Vec<VersionKey>,
     ) -> BoxFuture<'_, Result<(), StorageError>> {
+        let commits = commits.into_iter().map(|c| c.version).collect();
         Box::pin(self.open_call(self.delete_now(versions, commits)))
     }
 
@@ -345,9 +346,10 @@ impl Storage for DynamoDbStorage {
 
     fn log_tail(
         &self,
-        after: u64,
+        after: crate::storage::LogPos,
         limit: usize,
     ) -> BoxFuture<'_, Result<crate::storage::LogPage, StorageError>> {
-        Box::pin(self.open_call(self.tail_now(after, limit)))
+        // The log is one shard.
+        Box::pin(self.open_call(self.tail_now(after.get(0), limit)))
     }
 }

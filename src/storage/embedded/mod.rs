@@ -331,8 +331,9 @@ impl Storage for EmbeddedStorage {
     fn delete(
         &self,
         versions: Vec<VersionKey>,
-        commits: Vec<VersionId>,
+        commits: Vec<VersionKey>,
     ) -> BoxFuture<'_, Result<(), StorageError>> {
+        let commits: Vec<VersionId> = commits.into_iter().map(|c| c.version).collect();
         Box::pin(async move {
             if versions.is_empty() && commits.is_empty() {
                 return if self.closed.load(Ordering::Acquire) {

@@ -89,7 +89,8 @@ impl RedisStorage {
         let _ = pool.connect_pool();
         let storage = RedisStorage {
             pool,
-            layout: Layout::new(&options.prefix),
+            // One shard until the backend says how many (see `choose_shards`).
+            layout: Layout::new(&options.prefix, 1),
             scripts: Scripts::new(),
             cluster: matches!(options.topology, Topology::Cluster { .. }),
             backend,
@@ -104,6 +105,16 @@ impl RedisStorage {
         };
         match tokio::time::timeout(timeout, storage.pool.wait_for_connect()).await {
             Ok(Ok(())) => {
+                let mut storage = storage;
+                let count = match storage.choose_shards(options.shards).await {
+                    Ok(count) => count,
+                    Err(e) => {
+                        storage.closed.store(true, Ordering::Release);
+                        storage.shutdown().await;
+                        return Err(e);
+                    }
+                };
+                storage.layout = Layout::new(&options.prefix, count);
                 storage.load_scripts().await;
                 Ok(storage)
             }
@@ -192,7 +203,7 @@ impl RedisStorage {
             let slot = if self.cluster {
                 redis_keyslot(key)
             } else {
-                self.layout.meta_slot
+                self.layout.root_slot
             };
             groups.entry(slot).or_default().push(i);
         }

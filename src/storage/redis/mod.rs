@@ -19,11 +19,22 @@
 //! | `timeout_ms` | 5000 | longest wait for any one reply (and for a connection) |
 //! | `pool` | 4 | multiplexed connections (per node in a cluster) |
 //! | `idempotency_ttl` | aft's `idempotency_retention_secs` + 3600 | seconds an idempotency entry lives after its commit |
+//! | `shards` | 1 on a server, one per master on a cluster | shards of the commit log, 1 to [`MAX_SHARDS`]; the first node to use the prefix decides, later ones use the stored count |
 //!
 //! # Layout
 //!
-//! With prefix `P`, the metadata tag `M` is `P{P}`: every metadata key carries the same hash
-//! tag, so they all live in one cluster slot and one Lua script can update them atomically.
+//! With prefix `P`, the metadata is kept in the **shards** of the commit log. Each shard has a
+//! tag `M` that every one of its keys starts with, so that a shard lives in one cluster slot
+//! and one Lua script updates it atomically: `P{P}` for a log of one shard; for `n` shards,
+//! shard `s` is tagged `P{P~k}`, `k` the least number whose slot lies in the `s`-th of `n`
+//! equal ranges of the 16,384 slots (a cluster whose masters hold equal ranges holds one shard
+//! each). `P{P}shards` holds `n`, decided by the first node (`lua/shards.lua`: a store written
+//! before shards existed is one shard).
+//!
+//! A user key belongs to shard `fnv1a(key) mod n` (its head, its locks); a commit record to
+//! the shard of its [anchor](crate::storage::anchor) (its idempotency key, else the least key
+//! it writes), with its log entries, its idempotency entry and its pending marker. The keys
+//! (every metadata key of a shard starts with its `M`):
 //!
 //! * **version**: `P v{h} ‖ u32 BE key length ‖ user key ‖ VersionId::to_bytes` → the value,
 //!   where `h` is 16 hex digits of a 64-bit FNV-1a hash of the user key. The length prefix makes
@@ -37,10 +48,21 @@
 //!   ids' byte order is the version order, so `ZRANGEBYLEX` pages through commits in id order.
 //! * **idempotency entries**: string `M i: ‖ key` → the 24-byte id, with a TTL
 //!   (`idempotency_ttl`): a retry is recognised for that long after the commit.
-//! * **pending markers** (cluster commits only): sorted set `M pending`, score = the server's
-//!   time in ms when the commit started (negative once orphan reclamation took it), member =
-//!   id; hash `M pendkeys`, field = id → the version keys the commit writes
-//!   (`u32 BE length ‖ key`, repeated).
+//! * **pending markers** (cluster commits and commits across shards): sorted set
+//!   `M pending`, score = the server's time in ms when the commit started (negative once
+//!   orphan reclamation, or a commit that needed one of its keys, took it), member = id; hash
+//!   `M pendkeys`, field = id → the version keys the commit writes (`u32 BE length ‖ key`,
+//!   repeated).
+//! * **commit log in creation order**: sorted set `M tail`, score = the position (`INCR` of
+//!   `M seq`), member = id.
+//! * **heads**: hash `M heads`, user key → the id of the latest version committed to it, then
+//!   `1` (a value) or `0` (a tombstone): what write-conflict checks compare.
+//! * **leases**: hash `M nodes`, node id → `expiry-ms watermark oldest-clock-ms address`.
+//!   Shard 0's decide (`lua/heartbeat.lua`); the others hold copies that expire a fifth of the
+//!   lease earlier, against which their commits are checked (`lua/lease.lua`).
+//! * **locks**: hash `M locks`, user key → `id ‖ kind ‖ home ' ' node` of a commit across
+//!   shards that prepared here (`r` read, `1` written, `0` deleted); hash `M txlocks`, id →
+//!   the keys it locked here.
 //!
 //! Versions and metadata never collide: after `P`, version keys continue with `v`, metadata
 //! keys with `{`.
@@ -52,12 +74,24 @@
 //!   the idempotency entry. A script is atomic, so there are no orphans, and with
 //!   `appendfsync always` the reply comes after the whole script is on disk. The script is
 //!   sent by its SHA1; after a `NOSCRIPT` (a restarted or flushed server) it is sent whole once.
-//! * **Cluster**: (1) a script on the metadata slot checks the idempotency key and writes a
-//!   pending marker; (2) the versions are written with one `MSET` per slot, all slots in
-//!   parallel; (3) the same commit script as above, without versions, on the metadata slot:
+//! * **Cluster**: (1) a script on the slot of the commit's shard checks the idempotency key and
+//!   writes a pending marker; (2) the versions are written with one `MSET` per slot, all slots
+//!   in parallel; (3) the same commit script as above, without versions, on the shard's slot:
 //!   it creates the record only if the marker is still live, and removes the marker. A
 //!   duplicate found in (3) (a racing commit with the same idempotency key) deletes the versions
 //!   it wrote, best effort. A commit without versions is one script, as on a standalone server.
+//! * **Across shards** (a commit whose keys' heads lie in several shards): (1) and (2) as on a
+//!   cluster, in its home shard (its anchor's); then in every other shard it touches, in
+//!   parallel, `lua/prepare.lua` checks its reads there and locks its keys; then (3) in the
+//!   home shard, with the home shard's own checks: the decision; then `lua/finish.lua` in the
+//!   other shards moves their heads (if it committed) and drops its locks. A commit that meets
+//!   another's lock resolves it with `lua/decide.lua` in that commit's home: committed (the
+//!   heads it locked are moved now), never to commit (no live marker; a marker whose node's
+//!   lease expired, or older than four reply timeouts, is taken so), or in flight: then it
+//!   waits, unless it holds locks itself and is the younger, in which case it gives them up
+//!   and prepares again (wait-die: no two commits wait for each other). Orphan reclamation
+//!   also resolves every lock it finds, so a commit that died after its decision has its heads
+//!   moved within a minute.
 //!
 //! The commit script first checks whether the commit's record exists, so that sending it
 //! again (a retried request) reports the commit instead of applying it twice.
@@ -107,7 +141,7 @@ mod tests;
 
 pub use options::{
     RedisOptions, Topology, DEFAULT_IDEMPOTENCY_TTL, DEFAULT_POOL, DEFAULT_PREFIX, DEFAULT_TIMEOUT,
-    MAX_POOL,
+    MAX_POOL, MAX_SHARDS,
 };
 
 use std::fmt;
@@ -119,8 +153,8 @@ use fred::clients::{Client, Pool};
 use fred::interfaces::ClientLike;
 
 use super::{
-    BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Failure, Heartbeat, LogPage, Member,
-    Storage, StorageError, VersionId, VersionKey,
+    BoxFuture, CommitBatch, CommitOutcome, CommitRecord, Failure, Heartbeat, LogPage, LogPos,
+    Member, Storage, StorageError, VersionId, VersionKey,
 };
 use layout::Layout;
 use script::Scripts;
@@ -164,6 +198,79 @@ impl RedisStorage {
         &self.layout.prefix
     }
 
+    /// How many shards the commit log has.
+    pub fn shards(&self) -> usize {
+        self.layout.shards.len()
+    }
+
+    /// The slot of each shard of the commit log (all on one server when not a cluster).
+    pub fn shard_slots(&self) -> Vec<u16> {
+        self.layout.shards.iter().map(|s| s.slot).collect()
+    }
+
+    /// The number of shards the log of this prefix has: the count the first node stored,
+    /// else `wanted`, else one on a server and one per master of a cluster.
+    async fn choose_shards(&self, wanted: Option<usize>) -> Result<usize, StorageError> {
+        let backend = self.backend;
+        let default = match wanted {
+            Some(n) => n,
+            None if self.cluster => self.masters().await?,
+            None => 1,
+        }
+        .clamp(1, layout::MAX_SHARDS);
+        let single = &self.layout.shards[0];
+        let count = self
+            .eval(
+                &self.scripts.shards,
+                self.layout.root_slot,
+                vec![
+                    client::bytes(&self.layout.root),
+                    client::bytes(&single.nodes),
+                    client::bytes(&single.seq),
+                    client::bytes(&single.rec),
+                ],
+                vec![client::text(default.to_string())],
+            )
+            .await
+            .map_err(|e| e.plain(backend))?;
+        let count = client::frame_int(&count)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| (1..=layout::MAX_SHARDS).contains(n))
+            .ok_or_else(|| self.corrupt("the stored shard count is not a number from 1 to 64"))?;
+        if wanted.is_some_and(|w| w != count) {
+            tracing::warn!(
+                wanted = wanted.unwrap_or(0),
+                count,
+                "the commit log of this prefix already has another number of shards; using it"
+            );
+        }
+        Ok(count)
+    }
+
+    /// How many masters of the cluster serve slots.
+    async fn masters(&self) -> Result<usize, StorageError> {
+        let nodes = self
+            .call(
+                self.layout.root_slot,
+                "CLUSTER",
+                vec![client::text("NODES")],
+            )
+            .await
+            .and_then(client::frame_bytes)
+            .map_err(|e| e.plain(self.backend))?
+            .unwrap_or_default();
+        let masters = String::from_utf8_lossy(&nodes)
+            .lines()
+            .filter(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                fields.get(2).is_some_and(|flags| {
+                    flags.split(',').any(|f| f == "master") && !flags.contains("fail")
+                }) && fields.len() > 8
+            })
+            .count();
+        Ok(masters.max(1))
+    }
+
     fn check_open(&self) -> Result<(), StorageError> {
         if self.closed.load(Ordering::Acquire) {
             Err(StorageError::Closed)
@@ -191,11 +298,7 @@ impl Storage for RedisStorage {
     fn commit(&self, batch: CommitBatch) -> BoxFuture<'_, Result<CommitOutcome, StorageError>> {
         Box::pin(async move {
             self.check_open()?;
-            if self.cluster && !batch.versions.is_empty() {
-                self.commit_in_cluster(batch).await
-            } else {
-                self.commit_in_one(batch).await
-            }
+            self.commit_now(batch).await
         })
     }
 
@@ -224,7 +327,7 @@ impl Storage for RedisStorage {
     fn delete(
         &self,
         versions: Vec<VersionKey>,
-        commits: Vec<VersionId>,
+        commits: Vec<VersionKey>,
     ) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(self.delete_now(versions, commits))
     }
@@ -256,7 +359,11 @@ impl Storage for RedisStorage {
         Box::pin(self.heartbeat_now(beat))
     }
 
-    fn log_tail(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<LogPage, StorageError>> {
+    fn log_tail(
+        &self,
+        after: LogPos,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<LogPage, StorageError>> {
         Box::pin(self.tail_now(after, limit))
     }
 

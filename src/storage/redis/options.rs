@@ -13,6 +13,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
 pub const DEFAULT_POOL: usize = 4;
 /// Most connections `pool` may ask for.
 pub const MAX_POOL: usize = 64;
+/// Most shards the commit log may have (`shards`).
+pub const MAX_SHARDS: usize = 64;
 /// Idempotency TTL when neither the URL nor the caller gives one: a day and an hour.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(86_400 + 3_600);
 
@@ -73,6 +75,11 @@ pub struct RedisOptions {
     /// [`DEFAULT_IDEMPOTENCY_TTL`] unless the caller filled it in (aft uses its
     /// `idempotency_retention_secs` plus an hour).
     pub idempotency_ttl: Option<Duration>,
+    /// How many shards the commit log has, if the URL says (1 to
+    /// [`MAX_SHARDS`]); otherwise one on a server and one per
+    /// master on a cluster. The first node to use a prefix decides: later nodes take the
+    /// count it stored.
+    pub shards: Option<usize>,
 }
 
 impl fmt::Debug for RedisOptions {
@@ -88,6 +95,7 @@ impl fmt::Debug for RedisOptions {
             .field("timeout", &self.timeout)
             .field("pool", &self.pool)
             .field("idempotency_ttl", &self.idempotency_ttl)
+            .field("shards", &self.shards)
             .finish()
     }
 }
@@ -205,6 +213,7 @@ impl RedisOptions {
             timeout: DEFAULT_TIMEOUT,
             pool: DEFAULT_POOL,
             idempotency_ttl: None,
+            shards: None,
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -228,10 +237,19 @@ impl RedisOptions {
                 "idempotency_ttl" => {
                     options.idempotency_ttl = Some(Duration::from_secs(number(name)?))
                 }
+                "shards" => {
+                    let max = MAX_SHARDS;
+                    options.shards = Some(
+                        usize::try_from(number(name)?)
+                            .ok()
+                            .filter(|n| *n <= max)
+                            .ok_or_else(|| format!("shards must be at most {max}"))?,
+                    )
+                }
                 other => {
                     return Err(format!(
-                        "unknown option '{other}' (expected prefix, timeout_ms, pool or \
-                         idempotency_ttl)"
+                        "unknown option '{other}' (expected prefix, timeout_ms, pool, \
+                         idempotency_ttl or shards)"
                     ))
                 }
             }

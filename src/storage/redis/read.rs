@@ -51,14 +51,36 @@ impl RedisStorage {
         Ok(out)
     }
 
-    /// [`Storage::scan_commits`](crate::storage::Storage::scan_commits).
+    /// [`Storage::scan_commits`](crate::storage::Storage::scan_commits): up to `limit`
+    /// records from every shard, merged in id order and cut at `limit` (what lies past the
+    /// cut is read again by the next page).
     pub(super) async fn scan_now(
         &self,
         after: Option<VersionId>,
         limit: usize,
     ) -> Result<Vec<CommitRecord>, StorageError> {
         self.check_open()?;
+        let scans = (0..self.layout.shards.len()).map(|s| self.scan_shard(s, after, limit));
+        let mut records = Vec::new();
+        for found in futures_util::future::join_all(scans).await {
+            records.extend(found?);
+        }
+        if self.layout.shards.len() > 1 {
+            records.sort_unstable_by_key(|r| r.id);
+            records.truncate(limit);
+        }
+        Ok(records)
+    }
+
+    /// Up to `limit` records of one shard after `after`, in id order.
+    async fn scan_shard(
+        &self,
+        shard: usize,
+        after: Option<VersionId>,
+        limit: usize,
+    ) -> Result<Vec<CommitRecord>, StorageError> {
         let backend = self.backend;
+        let s = &self.layout.shards[shard];
         let mut records = Vec::new();
         let mut after = after;
         while records.len() < limit {
@@ -70,7 +92,8 @@ impl RedisStorage {
             let items = self
                 .eval(
                     &self.scripts.scan,
-                    vec![bytes(&self.layout.rec), bytes(&self.layout.log)],
+                    s.slot,
+                    vec![bytes(&s.rec), bytes(&s.log)],
                     vec![from, text(page.to_string())],
                 )
                 .await
@@ -100,12 +123,14 @@ impl RedisStorage {
         Ok(records)
     }
 
-    /// [`Storage::find_idempotent`](crate::storage::Storage::find_idempotent).
+    /// [`Storage::find_idempotent`](crate::storage::Storage::find_idempotent): in the shard
+    /// of the key, which anchors its commit.
     pub(super) async fn find_now(&self, key: Bytes) -> Result<Option<VersionId>, StorageError> {
         self.check_open()?;
         let backend = self.backend;
-        let entry = self.layout.idempotency(&key);
-        self.call(self.layout.meta_slot, "GET", vec![Value::Bytes(entry)])
+        let shard = &self.layout.shards[self.layout.shard_of(&key)];
+        let entry = shard.idempotency(&key);
+        self.call(shard.slot, "GET", vec![Value::Bytes(entry)])
             .await
             .and_then(frame_bytes)
             .map_err(|e| e.plain(backend))?

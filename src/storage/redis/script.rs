@@ -1,7 +1,9 @@
 //! The backend's Lua scripts, sent by SHA1 with `EVALSHA`, and whole after `NOSCRIPT`.
 //!
-//! Each script is a file of `lua/`, whose header lists its `KEYS`, its `ARGV` and its reply.
-//! Every script touches metadata keys only, so it runs on the server of the metadata slot.
+//! Each script is a file of `lua/`, whose header lists its `KEYS`, its `ARGV` and its reply;
+//! the scripts that check leases, heads and locks are sent with `lua/common.lua` before them.
+//! Every script touches the metadata keys of one shard only, so it runs on the server of that
+//! shard's slot.
 
 use fred::types::{Resp3Frame, Value};
 
@@ -25,7 +27,10 @@ impl Script {
 
 /// Creates a commit record (or reports the commit that holds its idempotency key, or that
 /// its pending marker was reclaimed): the request that decides a commit.
-const COMMIT_LUA: &str = include_str!("lua/commit.lua");
+const COMMIT_LUA: &str = concat!(
+    include_str!("lua/common.lua"),
+    include_str!("lua/commit.lua")
+);
 /// Writes the pending marker of a cluster commit (or reports the commit that holds its
 /// idempotency key).
 const MARK_LUA: &str = include_str!("lua/mark.lua");
@@ -43,6 +48,25 @@ const TAIL_LUA: &str = include_str!("lua/tail.lua");
 const HEARTBEAT_LUA: &str = include_str!("lua/heartbeat.lua");
 /// Drops the heads of collected keys.
 const HEADS_LUA: &str = include_str!("lua/heads.lua");
+/// Checks and locks the keys of a commit across shards in one shard other than its home.
+const PREPARE_LUA: &str = concat!(
+    include_str!("lua/common.lua"),
+    include_str!("lua/prepare.lua")
+);
+/// Ends a commit across shards in one shard other than its home.
+const FINISH_LUA: &str = concat!(
+    include_str!("lua/common.lua"),
+    include_str!("lua/finish.lua")
+);
+/// Decides, in its home shard, a commit across shards whose lock another commit found.
+const DECIDE_LUA: &str = concat!(
+    include_str!("lua/common.lua"),
+    include_str!("lua/decide.lua")
+);
+/// Writes or removes a copy of a node's lease in another shard.
+const LEASE_LUA: &str = include_str!("lua/lease.lua");
+/// Decides how many shards the log has.
+const SHARDS_LUA: &str = include_str!("lua/shards.lua");
 
 /// Every script of the backend.
 pub(super) struct Scripts {
@@ -64,6 +88,16 @@ pub(super) struct Scripts {
     pub(super) heartbeat: Script,
     /// `lua/heads.lua`.
     pub(super) heads: Script,
+    /// `lua/prepare.lua`.
+    pub(super) prepare: Script,
+    /// `lua/finish.lua`.
+    pub(super) finish: Script,
+    /// `lua/decide.lua`.
+    pub(super) decide: Script,
+    /// `lua/lease.lua`.
+    pub(super) lease: Script,
+    /// `lua/shards.lua`.
+    pub(super) shards: Script,
 }
 
 impl Scripts {
@@ -78,10 +112,15 @@ impl Scripts {
             tail: Script::new(TAIL_LUA),
             heartbeat: Script::new(HEARTBEAT_LUA),
             heads: Script::new(HEADS_LUA),
+            prepare: Script::new(PREPARE_LUA),
+            finish: Script::new(FINISH_LUA),
+            decide: Script::new(DECIDE_LUA),
+            lease: Script::new(LEASE_LUA),
+            shards: Script::new(SHARDS_LUA),
         }
     }
 
-    fn all(&self) -> [&Script; 9] {
+    fn all(&self) -> [&Script; 14] {
         [
             &self.commit,
             &self.mark,
@@ -92,27 +131,42 @@ impl Scripts {
             &self.tail,
             &self.heartbeat,
             &self.heads,
+            &self.prepare,
+            &self.finish,
+            &self.decide,
+            &self.lease,
+            &self.shards,
         ]
     }
 }
 
 impl RedisStorage {
-    /// Loads every script on the server of the metadata slot, so that the first commit is
+    /// Loads every script on the server of every shard's slot, so that the first commit is
     /// already one `EVALSHA`. Best effort: a script that is missing later is sent whole.
     pub(super) async fn load_scripts(&self) {
-        for script in self.scripts.all() {
-            let load = vec![text("LOAD"), text(script.body)];
-            if let Err(e) = self.call(self.layout.meta_slot, "SCRIPT", load).await {
-                tracing::debug!("cannot preload a script on {}: {e:?}", self.servers);
+        let mut slots: Vec<u16> = self.layout.shards.iter().map(|s| s.slot).collect();
+        slots.push(self.layout.root_slot);
+        slots.sort_unstable();
+        slots.dedup();
+        if !self.cluster {
+            slots.truncate(1);
+        }
+        for slot in slots {
+            for script in self.scripts.all() {
+                let load = vec![text("LOAD"), text(script.body)];
+                if let Err(e) = self.call(slot, "SCRIPT", load).await {
+                    tracing::debug!("cannot preload a script on {}: {e:?}", self.servers);
+                }
             }
         }
     }
 
-    /// Runs a script on the metadata slot: `EVALSHA`, and `EVAL` after `NOSCRIPT` (which
+    /// Runs a script on the server of `slot`: `EVALSHA`, and `EVAL` after `NOSCRIPT` (which
     /// also caches it on that server).
     pub(super) async fn eval(
         &self,
         script: &Script,
+        slot: u16,
         keys: Vec<Value>,
         args: Vec<Value>,
     ) -> Result<Resp3Frame, RequestError> {
@@ -122,13 +176,10 @@ impl RedisStorage {
         request.push(Value::Integer(numkeys as i64));
         request.extend(keys);
         request.extend(args);
-        match self
-            .call(self.layout.meta_slot, "EVALSHA", request.clone())
-            .await
-        {
+        match self.call(slot, "EVALSHA", request.clone()).await {
             Err(e) if e.is_noscript() => {
                 request[0] = text(script.body);
-                self.call(self.layout.meta_slot, "EVAL", request).await
+                self.call(slot, "EVAL", request).await
             }
             other => other,
         }

@@ -8,15 +8,15 @@ use bytes::Bytes;
 use fred::types::Value;
 use fred::util::redis_keyslot;
 
-use super::client::{bytes, frame_int, text};
-use super::commit::Committed;
+use super::client::{bytes, frame_int, id_arg, text};
+use super::commit::{Committed, Part};
 use super::layout::{decode_key_list, encode_key_list, Layout};
 use super::*;
 use crate::storage::testkit::conformance::{batch, commit_ok, get_one, scan_all, vid, vkey};
 use crate::storage::testkit::redis_server::{
     free_port, shared_cluster, unique_prefix, RedisCluster, RedisServer,
 };
-use crate::storage::{record, Beat, Conditions, NodeId};
+use crate::storage::{record, Beat, Conditions, LogPos, NodeId};
 
 /// Connects, blocking (the conformance factories are synchronous).
 fn connect_blocking(url: &str) -> Arc<RedisStorage> {
@@ -36,6 +36,13 @@ async fn connect(url: &str) -> RedisStorage {
 fn standalone() -> (Arc<RedisStorage>, RedisServer) {
     let server = RedisServer::start();
     let storage = connect_blocking(&format!("redis://127.0.0.1:{}", server.port));
+    (storage, server)
+}
+
+/// One server whose log has three shards, as a cluster's would.
+fn standalone_sharded() -> (Arc<RedisStorage>, RedisServer) {
+    let server = RedisServer::start();
+    let storage = connect_blocking(&format!("redis://127.0.0.1:{}?shards=3", server.port));
     (storage, server)
 }
 
@@ -140,16 +147,27 @@ fn urls_parse() {
 
 #[test]
 fn layout_is_injective_and_slots_group_what_goes_together() {
-    let layout = Layout::new("aft:");
-    assert_eq!(&layout.meta[..], b"aft:{aft:}");
-    for key in [&layout.rec, &layout.log, &layout.pending, &layout.pendkeys] {
-        assert_eq!(redis_keyslot(key), layout.meta_slot);
+    let layout = Layout::new("aft:", 1);
+    let meta = &layout.shards[0];
+    assert_eq!(&meta.meta[..], b"aft:{aft:}");
+    for shard in &Layout::new("aft:", 5).shards {
+        for key in [
+            &shard.rec,
+            &shard.log,
+            &shard.pending,
+            &shard.pendkeys,
+            &shard.tail,
+            &shard.seq,
+            &shard.heads,
+            &shard.nodes,
+            &shard.locks,
+            &shard.txlocks,
+        ] {
+            assert_eq!(redis_keyslot(key), shard.slot);
+        }
+        assert_eq!(redis_keyslot(&shard.idempotency(b"x{y}")), shard.slot);
+        assert_eq!(redis_keyslot(&shard.idempotency(b"")), shard.slot);
     }
-    assert_eq!(
-        redis_keyslot(&layout.idempotency(b"x{y}")),
-        layout.meta_slot
-    );
-    assert_eq!(redis_keyslot(&layout.idempotency(b"")), layout.meta_slot);
 
     let keys: [&[u8]; 7] = [b"", b"a", b"ab", b"a\0", b"{a}", b"}{", &[0xff; 3]];
     let ids = [vid(1, 2), vid(2, 1), vid(0, 0)];
@@ -290,8 +308,8 @@ async fn prefixes_and_databases_keep_stores_apart() {
     }
     assert_eq!(get_one(&b, b"k", vid(1, 1)).await, None);
     // A version, the records, both logs, the log's position, the key's head, the
-    // idempotency entry.
-    assert_eq!(server.cli(&["-n", "5", "dbsize"]).trim(), "7");
+    // idempotency entry, the log's shard count.
+    assert_eq!(server.cli(&["-n", "5", "dbsize"]).trim(), "8");
     // Everything aft stores starts with its prefix.
     let keys = server.cli(&["--scan"]);
     assert!(keys
@@ -381,6 +399,12 @@ async fn connecting_to_nothing_fails_clearly() {
     assert_eq!(err.backend(), Some("redis-cluster"));
 }
 
+/// The home shard of a commit without idempotency key writing `keys`.
+fn home_of(s: &RedisStorage, keys: &[&[u8]]) -> usize {
+    let keys: Vec<Bytes> = keys.iter().map(|k| Bytes::copy_from_slice(k)).collect();
+    s.layout.shard_of(&crate::storage::anchor(None, &keys))
+}
+
 /// Writes a cluster commit's marker and versions, as a commit that crashed before its
 /// record would have.
 async fn half_commit(s: &RedisStorage, id: VersionId, keys: &[&[u8]]) -> Vec<Bytes> {
@@ -388,13 +412,15 @@ async fn half_commit(s: &RedisStorage, id: VersionId, keys: &[&[u8]]) -> Vec<Byt
         .iter()
         .map(|k| s.layout.version(k, id).unwrap())
         .collect();
+    let home = &s.layout.shards[home_of(s, keys)];
     s.eval(
         &s.scripts.mark,
+        home.slot,
         vec![
-            bytes(&s.layout.pending),
-            bytes(&s.layout.pendkeys),
-            bytes(&s.layout.idempotency(b"")),
-            bytes(&s.layout.rec),
+            bytes(&home.pending),
+            bytes(&home.pendkeys),
+            bytes(&home.idempotency(b"")),
+            bytes(&home.rec),
         ],
         vec![
             Value::Bytes(Bytes::copy_from_slice(&id.to_bytes())),
@@ -445,11 +471,20 @@ async fn cluster_orphans_are_reclaimed_and_their_commit_cannot_finish() {
 
     // The crashed commit's record can no longer be created.
     let crashed = batch(orphan, None, &[]);
+    let home = home_of(&s, &key_refs);
+    let part = Part::default();
     let (keys, args) = s
-        .commit_request(&crashed.record, &crashed.conditions, &[], Vec::new(), true)
+        .commit_request(
+            home,
+            &crashed.record,
+            &crashed.conditions,
+            &part,
+            Vec::new(),
+            true,
+        )
         .unwrap();
     assert!(matches!(
-        s.run_commit_script(keys, args).await,
+        s.decide_commit(home, keys, args, &part, 0, |_| true).await,
         Ok(Committed::MarkerGone)
     ));
     let ids: Vec<VersionId> = scan_all(&*s).await.iter().map(|r| r.id).collect();
@@ -467,12 +502,14 @@ async fn a_resent_cluster_commit_cannot_revive_a_taken_marker() {
     half_commit(&s, id, &[b"a", b"b"]).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     // The first step of a reclamation: the marker is taken, the versions not yet deleted.
+    let home = &s.layout.shards[home_of(&s, &[b"a", b"b"])];
     s.eval(
         &s.scripts.reclaim,
+        home.slot,
         vec![
-            bytes(&s.layout.rec),
-            bytes(&s.layout.pending),
-            bytes(&s.layout.pendkeys),
+            bytes(&home.rec),
+            bytes(&home.pending),
+            bytes(&home.pendkeys),
         ],
         vec![text("0"), text("100")],
     )
@@ -509,18 +546,29 @@ async fn cluster_commits_leave_no_marker_and_duplicates_leave_no_versions() {
         assert_eq!(get_one(&*s, k, vid(1, 1)).await.as_deref(), Some(*v));
         assert_eq!(get_one(&*s, k, vid(2, 2)).await, None);
     }
-    let pending = s
-        .call(s.layout.meta_slot, "ZCARD", vec![bytes(&s.layout.pending)])
-        .await
-        .unwrap();
-    assert_eq!(frame_int(&pending), Some(0));
+    for shard in &s.layout.shards {
+        let pending = s
+            .call(shard.slot, "ZCARD", vec![bytes(&shard.pending)])
+            .await
+            .unwrap();
+        assert_eq!(frame_int(&pending), Some(0));
+    }
     // A commit sent again (a retried request) is reported, not applied twice.
     let again = batch(vid(1, 1), Some(b"once"), &[]);
+    let home = s.layout.shard_of(b"once");
+    let part = Part::default();
     let (keys, args) = s
-        .commit_request(&again.record, &again.conditions, &[], Vec::new(), true)
+        .commit_request(
+            home,
+            &again.record,
+            &again.conditions,
+            &part,
+            Vec::new(),
+            true,
+        )
         .unwrap();
     assert!(matches!(
-        s.run_commit_script(keys, args).await,
+        s.decide_commit(home, keys, args, &part, 0, |_| true).await,
         Ok(Committed::Yes)
     ));
     assert_eq!(scan_all(&*s).await.len(), 1);
@@ -531,7 +579,7 @@ fn beat(node: u128, kind: Beat, lease_ms: u64, watermark: u64) -> Heartbeat {
     Heartbeat {
         node: NodeId(node),
         lease: Duration::from_millis(lease_ms),
-        watermark,
+        watermark: LogPos::single(watermark),
         oldest_clock_ms: 7,
         address: "127.0.0.1:1 x".into(),
         kind,
@@ -584,7 +632,10 @@ async fn leases_fence_commits_and_list_live_nodes(s: &RedisStorage) {
         .unwrap()
         .unwrap();
     let one = members.iter().find(|m| m.node == NodeId(1)).unwrap();
-    assert_eq!((one.watermark, one.oldest_clock_ms), (42, 7));
+    assert_eq!(
+        (one.watermark.clone(), one.oldest_clock_ms),
+        (LogPos::single(42), 7)
+    );
 
     // A node with a live lease commits; one without a lease does not.
     let ok = conditional(vid(1, 1), 1, &[], &[(b"k", b"v")], &[]);
@@ -714,39 +765,294 @@ async fn checks_are_first_committer_wins_across_writers(s: &RedisStorage) {
 }
 
 async fn the_log_lists_records_in_creation_order(s: &RedisStorage) {
-    assert_eq!(s.log_tail(0, 10).await.unwrap().head, 0);
-    // Created out of id order: the log keeps creation order.
+    let start = LogPos::default();
+    assert!(s.log_tail(start.clone(), 10).await.unwrap().head.is_zero());
+    // Created out of id order: the log keeps creation order (in the shard of `k`).
     for id in [vid(30, 1), vid(10, 2), vid(20, 3)] {
         commit_ok(s, batch(id, None, &[(b"k", b"v")])).await;
     }
-    let page = s.log_tail(0, 10).await.unwrap();
-    assert_eq!((page.head, page.through), (3, 3));
-    let order: Vec<(u64, VersionId)> = page.records.iter().map(|(p, r)| (*p, r.id)).collect();
-    assert_eq!(order, [(1, vid(30, 1)), (2, vid(10, 2)), (3, vid(20, 3))]);
-    let page = s.log_tail(1, 1).await.unwrap();
+    let at = |p: u64| start.with(s.layout.shard_of(b"k"), p);
+    let page = s.log_tail(start.clone(), 10).await.unwrap();
+    assert_eq!((page.head.clone(), page.through), (at(3), at(3)));
+    let order: Vec<VersionId> = page.records.iter().map(|r| r.id).collect();
+    assert_eq!(order, [vid(30, 1), vid(10, 2), vid(20, 3)]);
+    let page = s.log_tail(at(1), 1).await.unwrap();
     assert_eq!(page.records.len(), 1);
-    assert_eq!(page.records[0].0, 2);
+    assert_eq!(page.records[0].id, vid(10, 2));
     assert_eq!(
-        page.through, 2,
+        page.through,
+        at(2),
         "a page cut at its limit covers up to its last entry"
     );
-    assert!(s.log_tail(3, 10).await.unwrap().records.is_empty());
+    assert!(s.log_tail(at(3), 10).await.unwrap().records.is_empty());
+    // Limit 0 reads the heads only.
+    let heads = s.log_tail(start.clone(), 0).await.unwrap();
+    assert_eq!((heads.head, heads.records.len()), (at(3), 0));
     // Deleted records leave the log.
-    s.delete(vec![], vec![vid(10, 2)]).await.unwrap();
-    let page = s.log_tail(0, 10).await.unwrap();
-    assert_eq!(page.head, 3);
-    let ids: Vec<VersionId> = page.records.iter().map(|(_, r)| r.id).collect();
+    s.delete(vec![], vec![vkey(b"k", vid(10, 2))])
+        .await
+        .unwrap();
+    let page = s.log_tail(start.clone(), 10).await.unwrap();
+    assert_eq!(page.head, at(3));
+    let ids: Vec<VersionId> = page.records.iter().map(|r| r.id).collect();
     assert_eq!(ids, [vid(30, 1), vid(20, 3)]);
 }
 
-macro_rules! on_both_topologies {
-    ($($name:ident),* $(,)?) => {
-        mod shared_backend {
+/// [`conditional`] with keys as `Bytes` and values as text.
+fn cond(
+    id: VersionId,
+    node: u128,
+    checks: &[(&Bytes, Option<VersionId>)],
+    versions: &[(&Bytes, &str)],
+    deleted: &[&Bytes],
+) -> CommitBatch {
+    let checks: Vec<(&[u8], Option<VersionId>)> =
+        checks.iter().map(|(k, v)| (&k[..], *v)).collect();
+    let versions: Vec<(&[u8], &[u8])> = versions
+        .iter()
+        .map(|(k, v)| (&k[..], v.as_bytes()))
+        .collect();
+    let deleted: Vec<&[u8]> = deleted.iter().map(|k| &k[..]).collect();
+    conditional(id, node, &checks, &versions, &deleted)
+}
+
+/// Two keys whose heads lie in different shards, and the shard of each.
+fn keys_in_two_shards(s: &RedisStorage) -> ((Bytes, usize), (Bytes, usize)) {
+    let a = Bytes::from_static(b"k0");
+    let sa = s.layout.shard_of(&a);
+    let b = (1..)
+        .map(|i| Bytes::from(format!("k{i}")))
+        .find(|k| s.layout.shard_of(k) != sa)
+        .expect("another shard");
+    let sb = s.layout.shard_of(&b);
+    ((a, sa), (b, sb))
+}
+
+/// Locks and lock lists held in every shard.
+async fn locks_held(s: &RedisStorage) -> i64 {
+    let mut held = 0;
+    for shard in &s.layout.shards {
+        for key in [&shard.locks, &shard.txlocks] {
+            let n = s.call(shard.slot, "HLEN", vec![bytes(key)]).await.unwrap();
+            held += frame_int(&n).unwrap();
+        }
+    }
+    held
+}
+
+/// Steps (1) to (3) of commit `b` across shards — marker, versions, prepare everywhere but
+/// home — as a node that dies before its decision leaves it; returns its home.
+async fn prepare_only(s: &RedisStorage, b: &CommitBatch) -> usize {
+    let written = super::commit::written_keys(&b.versions);
+    let home = s.layout.shard_of(&crate::storage::anchor(
+        None,
+        written.iter().chain(&b.conditions.deleted),
+    ));
+    let (keys, values) = s.version_keys(b).unwrap();
+    assert!(s
+        .mark_and_write(b, home, &keys, values)
+        .await
+        .unwrap()
+        .is_none());
+    let node = b.conditions.node.unwrap().to_string();
+    for (shard, part) in s.parts(&b.conditions, &written) {
+        if shard != home {
+            let answer = s
+                .prepare(shard, b.record.id, home, &node, &part, 0, |_| true)
+                .await
+                .unwrap();
+            assert!(matches!(answer, Committed::Yes), "{answer:?}");
+        }
+    }
+    home
+}
+
+/// Step (4) of commit `b` prepared by [`prepare_only`]: its decision, without step (5).
+async fn decide_only(s: &RedisStorage, b: &CommitBatch, home: usize) -> Committed {
+    let written = super::commit::written_keys(&b.versions);
+    let mut parts = s.parts(&b.conditions, &written);
+    let part = parts.remove(&home).unwrap_or_default();
+    let (keys, args) = s
+        .commit_request(home, &b.record, &b.conditions, &part, Vec::new(), true)
+        .unwrap();
+    s.decide_commit(home, keys, args, &part, 0, |_| false)
+        .await
+        .unwrap()
+}
+
+async fn commits_across_shards_check_and_move_every_head(s: &RedisStorage) {
+    assert!(s.shards() > 1);
+    let ((a, _), (b, _)) = keys_in_two_shards(s);
+    s.heartbeat(beat(1, Beat::Join, 60_000, 0)).await.unwrap();
+    let first = cond(vid(10, 1), 1, &[], &[(&a, "1"), (&b, "1")], &[]);
+    assert_eq!(s.commit(first).await.unwrap(), CommitOutcome::Committed);
+    let both = [(&a, Some(vid(10, 1))), (&b, Some(vid(10, 1)))];
+    let second = cond(vid(20, 2), 1, &both, &[(&a, "2"), (&b, "2")], &[]);
+    assert_eq!(s.commit(second).await.unwrap(), CommitOutcome::Committed);
+    // Stale in the second shard only: the failed check is named by its index in the whole
+    // commit, and nothing of the loser stays.
+    let stale = [(&a, Some(vid(20, 2))), (&b, Some(vid(10, 1)))];
+    let loser = cond(vid(30, 3), 1, &stale, &[(&a, "3"), (&b, "3")], &[]);
+    assert_eq!(s.commit(loser).await.unwrap(), CommitOutcome::Conflict(1));
+    assert_eq!(get_one(s, &a, vid(30, 3)).await, None);
+    // A delete across shards moves both heads to tombstones.
+    let del = cond(vid(40, 4), 1, &[], &[], &[&a, &b]);
+    assert_eq!(s.commit(del).await.unwrap(), CommitOutcome::Committed);
+    let gone = [(&a, None), (&b, None)];
+    let after = cond(vid(50, 5), 1, &gone, &[(&a, "5")], &[]);
+    assert_eq!(s.commit(after).await.unwrap(), CommitOutcome::Committed);
+    assert_eq!(locks_held(s).await, 0, "every lock ended");
+    let ids: Vec<VersionId> = scan_all(s).await.iter().map(|r| r.id).collect();
+    assert_eq!(ids, [vid(10, 1), vid(20, 2), vid(40, 4), vid(50, 5)]);
+}
+
+async fn a_commit_whose_node_died_prepared_is_aborted_by_the_next(s: &RedisStorage) {
+    let ((a, _), (b, _)) = keys_in_two_shards(s);
+    s.heartbeat(beat(1, Beat::Join, 60_000, 0)).await.unwrap();
+    s.heartbeat(beat(2, Beat::Join, 400, 0)).await.unwrap();
+    let dead = cond(vid(10, 2), 2, &[], &[(&a, "dead"), (&b, "dead")], &[]);
+    let home = prepare_only(s, &dead).await;
+    assert!(locks_held(s).await > 0);
+    // A commit of node 1 on both keys meets the lock of a commit in flight: it waits until
+    // node 2's lease expires, then aborts that commit and goes on.
+    let started = Instant::now();
+    let next = cond(vid(20, 1), 1, &[], &[(&a, "next"), (&b, "next")], &[]);
+    assert_eq!(s.commit(next).await.unwrap(), CommitOutcome::Committed);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+        "waited {waited:?}"
+    );
+    // The dead commit can no longer be decided: its marker was taken (and its node is
+    // fenced besides).
+    let shard = &s.layout.shards[home];
+    let marker = s
+        .call(
+            shard.slot,
+            "ZSCORE",
+            vec![bytes(&shard.pending), id_arg(dead.record.id)],
+        )
+        .await
+        .unwrap();
+    let marker = super::client::frame_bytes(marker).unwrap().unwrap();
+    assert_eq!(&marker[..], b"-1", "taken");
+    assert!(matches!(
+        decide_only(s, &dead, home).await,
+        Committed::Fenced
+    ));
+    assert_eq!(locks_held(s).await, 0);
+    let ids: Vec<VersionId> = scan_all(s).await.iter().map(|r| r.id).collect();
+    assert_eq!(ids, [vid(20, 1)]);
+    assert_eq!(
+        get_one(s, &b, vid(20, 1)).await.as_deref(),
+        Some(&b"next"[..])
+    );
+}
+
+async fn a_commit_whose_node_died_after_its_decision_moves_its_heads_later(s: &RedisStorage) {
+    let ((a, _), (b, _)) = keys_in_two_shards(s);
+    s.heartbeat(beat(1, Beat::Join, 60_000, 0)).await.unwrap();
+    // Decided, its locks not ended: the next commit that needs one rolls it forward.
+    let done = cond(vid(10, 1), 1, &[], &[(&a, "1"), (&b, "1")], &[]);
+    let home = prepare_only(s, &done).await;
+    assert!(matches!(decide_only(s, &done, home).await, Committed::Yes));
+    let other = if s.layout.shard_of(&a) == home {
+        &b
+    } else {
+        &a
+    };
+    let blind = cond(vid(20, 2), 1, &[(other, None)], &[(other, "2")], &[]);
+    assert_eq!(
+        s.commit(blind).await.unwrap(),
+        CommitOutcome::Conflict(0),
+        "the decided commit's write counts in the shard it did not reach"
+    );
+    let read = cond(
+        vid(21, 3),
+        1,
+        &[(other, Some(vid(10, 1)))],
+        &[(other, "3")],
+        &[],
+    );
+    assert_eq!(s.commit(read).await.unwrap(), CommitOutcome::Committed);
+    assert_eq!(locks_held(s).await, 0);
+
+    // The same, ended by orphan reclamation instead.
+    let done = cond(vid(30, 1), 1, &[], &[(&a, "4"), (&b, "4")], &[]);
+    let home = prepare_only(s, &done).await;
+    assert!(matches!(decide_only(s, &done, home).await, Committed::Yes));
+    assert!(locks_held(s).await > 0);
+    s.reclaim_orphans(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(locks_held(s).await, 0);
+    let other = if s.layout.shard_of(&a) == home {
+        &b
+    } else {
+        &a
+    };
+    let read = cond(
+        vid(40, 4),
+        1,
+        &[(other, Some(vid(30, 1)))],
+        &[(other, "5")],
+        &[],
+    );
+    assert_eq!(s.commit(read).await.unwrap(), CommitOutcome::Committed);
+}
+
+async fn concurrent_commits_across_shards_all_commit(s: &RedisStorage) {
+    let ((a, _), (b, _)) = keys_in_two_shards(s);
+    s.heartbeat(beat(1, Beat::Join, 60_000, 0)).await.unwrap();
+    let commits = (0..40u64).map(|i| {
+        let value = i.to_string();
+        let c = cond(
+            vid(100 + (i * 7919) % 40, u128::from(i)),
+            1,
+            &[],
+            &[(&a, &value), (&b, &value)],
+            &[],
+        );
+        s.commit(c)
+    });
+    for outcome in futures_util::future::join_all(commits).await {
+        assert_eq!(outcome.unwrap(), CommitOutcome::Committed);
+    }
+    assert_eq!(locks_held(s).await, 0);
+    assert_eq!(scan_all(s).await.len(), 40);
+}
+
+async fn commits_spread_over_the_shards(s: &RedisStorage) {
+    s.heartbeat(beat(1, Beat::Join, 60_000, 0)).await.unwrap();
+    for i in 0..300u64 {
+        let key = format!("spread-{i}");
+        let c = cond(
+            vid(i + 1, u128::from(i)),
+            1,
+            &[],
+            &[(&Bytes::from(key), "v")],
+            &[],
+        );
+        assert_eq!(s.commit(c).await.unwrap(), CommitOutcome::Committed);
+    }
+    let head = s.log_tail(LogPos::default(), 0).await.unwrap().head;
+    let per_shard: Vec<u64> = (0..s.shards()).map(|i| head.get(i)).collect();
+    assert_eq!(per_shard.iter().sum::<u64>(), 300);
+    let fair = 300 / s.shards() as u64;
+    assert!(
+        per_shard.iter().all(|n| *n > fair / 2),
+        "records per shard: {per_shard:?}"
+    );
+}
+
+/// One module of tests `$name(&storage)`, each run on one server (made by `$server`) and on a
+/// cluster.
+macro_rules! on_topologies {
+    ($module:ident, $server:ident, $($name:ident),* $(,)?) => {
+        mod $module {
             $(
                 mod $name {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     async fn standalone() {
-                        let (s, _server) = super::super::standalone();
+                        let (s, _server) = super::super::$server();
                         super::super::$name(&s).await;
                     }
 
@@ -761,7 +1067,20 @@ macro_rules! on_both_topologies {
     };
 }
 
-on_both_topologies!(
+// On a log of several shards (one server's of three, a cluster's of one per master).
+on_topologies!(
+    sharded_log,
+    standalone_sharded,
+    commits_across_shards_check_and_move_every_head,
+    a_commit_whose_node_died_prepared_is_aborted_by_the_next,
+    a_commit_whose_node_died_after_its_decision_moves_its_heads_later,
+    concurrent_commits_across_shards_all_commit,
+    commits_spread_over_the_shards,
+);
+
+on_topologies!(
+    shared_backend,
+    standalone,
     leases_fence_commits_and_list_live_nodes,
     checks_are_first_committer_wins_across_writers,
     the_log_lists_records_in_creation_order,

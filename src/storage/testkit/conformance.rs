@@ -553,7 +553,9 @@ pub async fn delete_is_complete_and_idempotent(storage: Arc<dyn Storage>) {
     assert_eq!(scan_all(s).await.len(), 2);
 
     // A commit record and its idempotency entry; its remaining version stays until named.
-    s.delete(vec![], vec![a]).await.expect("delete commit");
+    s.delete(vec![], vec![vkey(b"idem-a", a)])
+        .await
+        .expect("delete commit");
     assert_eq!(
         scan_all(s).await.iter().map(|r| r.id).collect::<Vec<_>>(),
         vec![b]
@@ -565,7 +567,7 @@ pub async fn delete_is_complete_and_idempotent(storage: Arc<dyn Storage>) {
     // Idempotent: again, and things that never existed.
     s.delete(
         vec![vkey(b"k", a), vkey(b"l", a), vkey(b"nope", b)],
-        vec![a, vid(9, 9)],
+        vec![vkey(b"idem-a", a), vkey(b"k", vid(9, 9))],
     )
     .await
     .expect("delete again");
@@ -579,7 +581,9 @@ pub async fn delete_is_complete_and_idempotent(storage: Arc<dyn Storage>) {
     assert_eq!(s_find(s, "idem-a").await, Some(c));
 
     // Deleting a commit whose key was reused must not remove the new owner's entry.
-    s.delete(vec![], vec![a]).await.expect("delete stale");
+    s.delete(vec![], vec![vkey(b"idem-a", a)])
+        .await
+        .expect("delete stale");
     assert_eq!(s_find(s, "idem-a").await, Some(c));
 }
 
@@ -643,6 +647,6 @@ pub async fn close_then_closed(storage: Arc<dyn Storage>) {
     assert_closed(s.get_versions(vec![vkey(b"k", vid(1, 1))]).await);
     assert_closed(s.scan_commits(None, 10).await);
     assert_closed(s.find_idempotent(Bytes::from_static(b"i")).await);
-    assert_closed(s.delete(vec![], vec![vid(1, 1)]).await);
+    assert_closed(s.delete(vec![], vec![vkey(b"k", vid(1, 1))]).await);
     s.close().await.expect("second close");
 }

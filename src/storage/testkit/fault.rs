@@ -388,8 +388,20 @@ impl Storage for FaultyStorage {
             if take_one(&self.orphan_next) {
                 let id = batch.record.id;
                 *self.last_orphaned.lock() = Some(id);
+                let anchor = crate::storage::anchor(
+                    batch.record.idempotency_key.as_ref(),
+                    batch
+                        .versions
+                        .iter()
+                        .map(|(k, _)| k)
+                        .chain(&batch.conditions.deleted),
+                );
                 self.inner.commit(batch).await?;
-                self.inner.delete(Vec::new(), vec![id]).await?;
+                let record = VersionKey {
+                    key: anchor,
+                    version: id,
+                };
+                self.inner.delete(Vec::new(), vec![record]).await?;
                 return Err(StorageError::Io(
                     "injected fault: versions written, commit record not".into(),
                 ));
@@ -464,7 +476,7 @@ impl Storage for FaultyStorage {
     fn delete(
         &self,
         versions: Vec<VersionKey>,
-        commits: Vec<VersionId>,
+        commits: Vec<VersionKey>,
     ) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(async move {
             self.refuse_if_crashed()?;
@@ -522,7 +534,11 @@ impl Storage for FaultyStorage {
         self.inner.commits_claim_positions()
     }
 
-    fn log_tail(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<LogPage, StorageError>> {
+    fn log_tail(
+        &self,
+        after: crate::storage::LogPos,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<LogPage, StorageError>> {
         Box::pin(async move {
             self.refuse_if_crashed()?;
             let result = self.inner.log_tail(after, limit).await;
@@ -657,7 +673,10 @@ mod tests {
         unavailable(s.get_versions(vec![vkey(b"k", vid(1, 1))]).await.map(drop));
         unavailable(s.scan_commits(None, 10).await.map(drop));
         unavailable(s.find_idempotent(Bytes::from_static(b"i")).await.map(drop));
-        unavailable(s.delete(vec![vkey(b"k", vid(1, 1))], vec![vid(1, 1)]).await);
+        unavailable(
+            s.delete(vec![vkey(b"k", vid(1, 1))], vec![vkey(b"k", vid(1, 1))])
+                .await,
+        );
         unavailable(s.close().await);
         assert_eq!(s.stats().refused_after_crash, 6);
 
@@ -758,7 +777,7 @@ mod tests {
         fn delete(
             &self,
             versions: Vec<crate::storage::VersionKey>,
-            commits: Vec<crate::storage::VersionId>,
+            commits: Vec<crate::storage::VersionKey>,
         ) -> crate::storage::BoxFuture<'_, Result<(), StorageError>> {
             self.0.delete(versions, commits)
         }

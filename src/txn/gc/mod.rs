@@ -53,7 +53,7 @@ use super::clock;
 use super::index::Dropped;
 use super::record::Kind;
 use super::Engine;
-use crate::storage::{TxnId, VersionId, VersionKey};
+use crate::storage::{LogPos, TxnId, VersionId, VersionKey};
 
 /// Most versions (and most commit records) deleted by one storage call.
 pub const DELETE_BATCH: usize = 1000;
@@ -92,11 +92,11 @@ pub struct Snapshots {
 }
 
 /// A pinned, not revoked, transaction.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct PinnedReader {
     seq: u64,
     /// The node's log cursor when it pinned (see [`super::peers`]).
-    pos: u64,
+    pos: LogPos,
     clock: u64,
     at: Instant,
 }
@@ -124,7 +124,7 @@ impl Snapshots {
     /// Registers a reader pinned at `seq` (the current sequence number, read under the same
     /// lock as this call: never below an earlier pin's) and at log cursor `pos` (read before
     /// `seq`), whose clock is `clock`, at time `at`; returns its ticket.
-    pub fn pin(&mut self, seq: u64, pos: u64, clock: u64, at: Instant) -> u64 {
+    pub fn pin(&mut self, seq: u64, pos: LogPos, clock: u64, at: Instant) -> u64 {
         debug_assert!(self
             .pinned
             .last_key_value()
@@ -201,9 +201,9 @@ impl Snapshots {
             if now.saturating_duration_since(reader.at) < max_age {
                 break;
             }
-            let reader = *reader;
+            let clock = reader.clock;
             self.pinned.remove(&ticket);
-            remove(&mut self.clocks, reader.clock);
+            remove(&mut self.clocks, clock);
             self.revoked_below = ticket + 1;
             revoked += 1;
         }
@@ -221,13 +221,12 @@ impl Snapshots {
         revoked
     }
 
-    /// The lowest log cursor of a live pin, or `current` (the node's cursor) if lower.
-    pub fn min_pos(&self, current: u64) -> u64 {
+    /// The lowest log cursor of a live pin, shard by shard, or `current` (the node's cursor)
+    /// where lower.
+    pub fn min_pos(&self, current: &LogPos) -> LogPos {
         self.pinned
             .values()
-            .map(|r| r.pos)
-            .min()
-            .map_or(current, |p| p.min(current))
+            .fold(current.clone(), |low, r| low.min(&r.pos))
     }
 
     /// How long ago the oldest live pin was taken.
@@ -260,11 +259,12 @@ impl Snapshots {
 #[derive(Debug)]
 struct RecordState {
     id: VersionId,
-    /// Every key it lists (deduplicated).
+    /// Every key it lists (deduplicated, in order).
     keys: Box<[Bytes]>,
+    /// Its idempotency key, which is then its [anchor](crate::storage::anchor).
+    idempotency_key: Option<Bytes>,
     /// Keys whose version from this record is still in the index.
     live: usize,
-    idempotent: bool,
     /// When `live` reached 0.
     dead_since: Option<Instant>,
 }
@@ -274,8 +274,9 @@ struct RecordState {
 pub struct Work {
     /// Stored versions to delete.
     pub versions: Vec<VersionKey>,
-    /// Commit records to delete once every version above is deleted.
-    pub records: Vec<VersionId>,
+    /// Commit records to delete once every version above is deleted, each named by its
+    /// [anchor](crate::storage::anchor) and id.
+    pub records: Vec<VersionKey>,
     /// Tombstones that left the index, whose keys' heads a shared backend drops (if they
     /// still name them).
     pub heads: Vec<VersionKey>,
@@ -326,9 +327,16 @@ impl Tracker {
         }
     }
 
-    /// Starts tracking a stored commit record listing `keys`, all live. Must be called
-    /// before any of its versions enters the index.
-    pub fn track(&mut self, id: VersionId, mut keys: Vec<Bytes>, idempotent: bool, now: Instant) {
+    /// Starts tracking a stored commit record listing `keys`, all live, holding
+    /// `idempotency_key`. Must be called before any of its versions enters the index.
+    pub fn track(
+        &mut self,
+        id: VersionId,
+        mut keys: Vec<Bytes>,
+        idempotency_key: Option<Bytes>,
+        now: Instant,
+    ) {
+        let idempotent = idempotency_key.is_some();
         keys.sort_unstable();
         keys.dedup();
         for key in &keys {
@@ -341,7 +349,7 @@ impl Tracker {
                 id,
                 keys: keys.into_boxed_slice(),
                 live,
-                idempotent,
+                idempotency_key,
                 dead_since: None,
             },
         );
@@ -378,7 +386,7 @@ impl Tracker {
             };
             record.live = record.live.saturating_sub(1);
             let died = record.live == 0 && record.dead_since.is_none();
-            let idempotent = record.idempotent;
+            let idempotent = record.idempotency_key.is_some();
             let version = VersionKey {
                 key: d.key,
                 version: d.id,
@@ -428,7 +436,12 @@ impl Tracker {
         let records = self
             .due
             .iter()
-            .filter_map(|txn| self.records.get(txn).map(|r| r.id))
+            .filter_map(|txn| {
+                self.records.get(txn).map(|r| VersionKey {
+                    key: crate::storage::anchor(r.idempotency_key.as_ref(), r.keys.iter()),
+                    version: r.id,
+                })
+            })
             .collect();
         Work {
             versions: std::mem::take(&mut self.pending),
@@ -449,8 +462,8 @@ impl Tracker {
 
     /// Forgets records deleted from storage; keys no stored record lists any more may then
     /// be removed from the index.
-    pub fn records_deleted(&mut self, ids: &[VersionId]) {
-        for id in ids {
+    pub fn records_deleted(&mut self, records: &[VersionKey]) {
+        for id in records.iter().map(|r| r.version) {
             let Some(record) = self.records.remove(&id.txn) else {
                 continue;
             };
@@ -463,7 +476,8 @@ impl Tracker {
                 }
             }
         }
-        let deleted: std::collections::HashSet<TxnId> = ids.iter().map(|id| id.txn).collect();
+        let deleted: std::collections::HashSet<TxnId> =
+            records.iter().map(|r| r.version.txn).collect();
         self.due.retain(|txn| !deleted.contains(txn));
     }
 

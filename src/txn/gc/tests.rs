@@ -15,6 +15,14 @@ fn key(k: &'static str) -> Bytes {
     Bytes::from_static(k.as_bytes())
 }
 
+/// A record as garbage collection names it: its anchor and id.
+fn rec(anchor: &'static str, ts: u64) -> VersionKey {
+    VersionKey {
+        key: key(anchor),
+        version: vid(ts),
+    }
+}
+
 fn dropped(k: &'static str, ts: u64, kind: Kind) -> Dropped {
     Dropped {
         key: key(k),
@@ -27,7 +35,7 @@ fn dropped(k: &'static str, ts: u64, kind: Kind) -> Dropped {
 fn a_record_dies_when_its_last_key_is_dropped() {
     let now = Instant::now();
     let mut t = Tracker::new(Duration::ZERO, Duration::ZERO);
-    t.track(vid(1), vec![key("a"), key("b"), key("a")], false, now);
+    t.track(vid(1), vec![key("b"), key("a"), key("a")], None, now);
     assert_eq!(t.records_listing(b"a"), 1, "keys are deduplicated");
     assert_eq!(t.commit_of(TxnId(1)), Some(vid(1)));
     t.discard(vec![dropped("a", 1, Kind::String)], now);
@@ -40,7 +48,7 @@ fn a_record_dies_when_its_last_key_is_dropped() {
     assert_eq!(t.dead(), 1);
     let work = t.take_work(now);
     assert!(work.versions.is_empty());
-    assert_eq!(work.records, vec![vid(1)]);
+    assert_eq!(work.records, vec![rec("a", 1)], "named by its least key");
     // Still known until the deletion succeeded.
     assert_eq!(t.commit_of(TxnId(1)), Some(vid(1)));
     t.records_deleted(&work.records);
@@ -54,8 +62,8 @@ fn a_record_dies_when_its_last_key_is_dropped() {
 fn retention_depends_on_the_idempotency_key() {
     let start = Instant::now();
     let mut t = Tracker::new(Duration::from_secs(100), Duration::from_secs(10));
-    t.track(vid(1), vec![key("a")], true, start);
-    t.track(vid(2), vec![key("b")], false, start);
+    t.track(vid(1), vec![key("a")], Some(key("idem")), start);
+    t.track(vid(2), vec![key("b")], None, start);
     t.discard(
         vec![dropped("a", 1, Kind::String), dropped("b", 2, Kind::String)],
         start,
@@ -65,7 +73,7 @@ fn retention_depends_on_the_idempotency_key() {
         .records
         .is_empty());
     let work = t.take_work(start + Duration::from_secs(10));
-    assert_eq!(work.records, vec![vid(2)]);
+    assert_eq!(work.records, vec![rec("b", 2)]);
     t.records_deleted(&work.records);
     assert!(t
         .take_work(start + Duration::from_secs(99))
@@ -73,21 +81,25 @@ fn retention_depends_on_the_idempotency_key() {
         .is_empty());
     assert_eq!(t.commit_of(TxnId(1)), Some(vid(1)));
     let work = t.take_work(start + Duration::from_secs(100));
-    assert_eq!(work.records, vec![vid(1)]);
+    assert_eq!(
+        work.records,
+        vec![rec("idem", 1)],
+        "named by its idempotency key"
+    );
 }
 
 #[test]
 fn failed_work_comes_back() {
     let now = Instant::now();
     let mut t = Tracker::new(Duration::ZERO, Duration::ZERO);
-    t.track(vid(1), vec![key("a")], false, now);
+    t.track(vid(1), vec![key("a")], None, now);
     t.discard(vec![dropped("a", 1, Kind::String)], now);
     let work = t.take_work(now);
     t.versions_failed(work.versions);
     // The record stays due until deleted, and its version is offered again.
     let again = t.take_work(now);
     assert_eq!(again.versions.len(), 1);
-    assert_eq!(again.records, vec![vid(1)]);
+    assert_eq!(again.records, vec![rec("a", 1)]);
     t.records_deleted(&again.records);
     assert!(t.take_work(now).records.is_empty());
 }
@@ -96,11 +108,11 @@ fn failed_work_comes_back() {
 fn listing_counts_every_stored_record_of_a_key() {
     let now = Instant::now();
     let mut t = Tracker::new(Duration::ZERO, Duration::ZERO);
-    t.track(vid(1), vec![key("k"), key("j")], false, now);
-    t.track(vid(2), vec![key("k")], false, now);
+    t.track(vid(1), vec![key("k"), key("j")], None, now);
+    t.track(vid(2), vec![key("k")], None, now);
     assert_eq!(t.records_listing(b"k"), 2);
     assert_eq!(t.records_listing(b"j"), 1);
-    t.records_deleted(&[vid(1)]);
+    t.records_deleted(&[rec("j", 1)]);
     assert_eq!(t.records_listing(b"k"), 1);
     assert_eq!(t.records_listing(b"j"), 0);
 }
@@ -111,9 +123,9 @@ fn watermark_is_below_every_pin_and_clock() {
     assert_eq!(s.watermark(7).min_pin, 7);
     let at = Instant::now();
     let c3 = s.start_clock();
-    let t3 = s.pin(3, 0, c3, at);
+    let t3 = s.pin(3, LogPos::default(), c3, at);
     let c5 = s.start_clock();
-    let t5 = s.pin(5, 0, c5, at);
+    let t5 = s.pin(5, LogPos::default(), c5, at);
     assert_eq!(s.min_pin(7), 3);
     s.release(Some(t3), c3);
     assert_eq!(s.min_pin(7), 5);
@@ -142,9 +154,14 @@ fn old_pins_are_revoked_and_release_nothing_twice() {
     let mut s = Snapshots::default();
     let start = Instant::now();
     let old_clock = s.start_clock();
-    let old = s.pin(1, 0, old_clock, start);
+    let old = s.pin(1, LogPos::default(), old_clock, start);
     let young_clock = s.start_clock();
-    let young = s.pin(1, 0, young_clock, start + Duration::from_secs(50));
+    let young = s.pin(
+        1,
+        LogPos::default(),
+        young_clock,
+        start + Duration::from_secs(50),
+    );
     assert_eq!(
         s.oldest_pin_age(start + Duration::from_secs(60)),
         Some(Duration::from_secs(60))

@@ -57,7 +57,7 @@ async fn populate(s: &dyn Storage) -> Vec<VersionId> {
         )
         .await;
     }
-    s.delete(vec![vkey(b"k", ids[0])], vec![ids[0]])
+    s.delete(vec![vkey(b"k", ids[0])], vec![vkey(b"k", ids[0])])
         .await
         .expect("delete");
     ids[1..].to_vec()
@@ -201,7 +201,11 @@ async fn corrupt_records_are_reported() {
         .commit(batch(vid(6, 6), Some(b"bad"), &[(b"k", b"x")]))
         .await;
     corrupt("commit", retry.map(drop));
-    corrupt("delete", s.delete(vec![vkey(b"k", good)], vec![bad]).await);
+    corrupt(
+        "delete",
+        s.delete(vec![vkey(b"k", good)], vec![vkey(b"k", bad)])
+            .await,
+    );
 
     // Nothing of the failed requests was applied; the rest of the store works.
     assert_eq!(get_one(&s, b"k", vid(6, 6)).await, None);

@@ -9,7 +9,8 @@
 -- KEYS[7]    seq (the position of the newest record)
 -- KEYS[8]    heads (hash: user key -> id .. '1' for a value, '0' for a tombstone)
 -- KEYS[9]    nodes (hash: node id -> 'expiry-ms ...')
--- KEYS[10..] the version keys to write (none when they were written before)
+-- KEYS[10]   locks (hash: user key -> the lock of a commit across shards)
+-- KEYS[11..] the version keys to write (none when they were written before)
 -- ARGV[1]    the commit's id (24 bytes)
 -- ARGV[2]    the encoded record
 -- ARGV[3]    '1' if the commit has an idempotency key
@@ -20,20 +21,16 @@
 -- ARGV[8]    nh, the number of heads to move
 -- then nc pairs (user key, id read or '' for nothing read),
 -- then nh pairs (user key, '1' for a value or '0' for a tombstone),
--- then one value per version key: the i-th goes to KEYS[9 + i]
+-- then one value per version key: the i-th goes to KEYS[10 + i]
 --
 -- Returns {1}: committed (now, or already: the record exists); {0, id}: the idempotency
 -- key is taken by commit `id`; {2}: the pending marker is gone (reclaimed); {3}: the node's
--- lease expired (fenced); {4, i}: check i failed (another commit wrote the key first). In
--- every case but {1}, nothing was written.
+-- lease expired (fenced); {4, i}: check i failed (another commit wrote the key first); {5, l, k}:
+-- key `k` is locked by another commit (its lock `l`), which must be resolved first. In every
+-- case but {1}, nothing was written.
 local id = ARGV[1]
 if redis.call('HEXISTS', KEYS[1], id) == 1 then return {1} end
-if ARGV[6] ~= '' then
-  local lease = redis.call('HGET', KEYS[9], ARGV[6])
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  if (not lease) or tonumber(string.match(lease, '^%d+')) < now then return {3} end
-end
+if not lease_live(KEYS[9], ARGV[6]) then return {3} end
 if ARGV[5] == '1' then
   local s = redis.call('ZSCORE', KEYS[3], id)
   if (not s) or tonumber(s) < 0 then return {2} end
@@ -42,34 +39,15 @@ if ARGV[3] == '1' then
   local existing = redis.call('GET', KEYS[5])
   if existing then return {0, existing} end
 end
--- Byte order (not the locale's collation) of two 24-byte ids.
-local function older(a, b)
-  for i = 1, 24 do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return false
-end
 local nc, nh = tonumber(ARGV[7]), tonumber(ARGV[8])
-local a = 9
-for i = 1, nc do
-  local head = redis.call('HGET', KEYS[8], ARGV[a])
-  if head then
-    local read = ARGV[a + 1]
-    local same = string.sub(head, 1, 24) == read
-    local gone = read == '' and string.sub(head, 25) == '0'
-    if not (same or gone) then return {4, i - 1} end
-  end
-  a = a + 2
-end
+local refused = locked_by_other(KEYS[10], id, 9, nc + nh) or failed_check(KEYS[8], 9, nc)
+if refused then return refused end
+local a = 9 + 2 * nc
 for i = 1, nh do
-  local head = redis.call('HGET', KEYS[8], ARGV[a])
-  if (not head) or older(string.sub(head, 1, 24), id) then
-    redis.call('HSET', KEYS[8], ARGV[a], id .. ARGV[a + 1])
-  end
+  move_head(KEYS[8], ARGV[a], id, ARGV[a + 1])
   a = a + 2
 end
-for i = 10, #KEYS do
+for i = 11, #KEYS do
   redis.call('SET', KEYS[i], ARGV[a])
   a = a + 1
 end
