@@ -50,6 +50,36 @@ impl Emulator {
         }
     }
 
+    /// How many stored versions of user keys `table` holds now (items whose partition is a
+    /// key's versions; their overflow chunks not counted), by a `Scan`.
+    pub async fn stored_versions(&self, table: &str) -> usize {
+        let client = crate::storage::dynamodb::sdk_client(&self.options(table))
+            .await
+            .expect("client");
+        let mut count = 0;
+        let mut start = None;
+        loop {
+            let page = client
+                .scan()
+                .table_name(table)
+                .projection_expression("pk")
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .expect("scan");
+            count += page
+                .items()
+                .iter()
+                .filter_map(|item| item.get("pk")?.as_b().ok())
+                .filter(|pk| matches!(pk.as_ref().first(), Some(b'v' | b'h')))
+                .count();
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                return count;
+            }
+        }
+    }
+
     /// The `--backend` URL of `table` on this emulator, for `aft serve`.
     pub fn url(&self, table: &str) -> String {
         format!(
