@@ -383,12 +383,19 @@ pub trait Storage: Send + Sync + 'static {
     }
 
     /// Whether a commit that succeeded with [`Conditions::log_at`] `= p` holds log position
-    /// `p + 1` of the log's only shard (the backend orders commits by that claim, DynamoDB),
-    /// so that its committer, if it had applied everything up to `p`, has applied everything
-    /// up to `p + 1`. The default: positions are given otherwise (Redis numbers records as it
-    /// creates them).
+    /// `p[s] + 1` of each shard `s` it claims ([`Storage::claimed_shards`]; the backend
+    /// orders commits by those claims, DynamoDB), so that its committer, if it had applied
+    /// everything up to `p[s]` in shard `s`, has applied everything up to `p[s] + 1` there. The
+    /// default: positions are given otherwise (Redis numbers records as it creates them).
     fn commits_claim_positions(&self) -> bool {
         false
+    }
+
+    /// The shards of the log a commit of `batch` claims a position of, when
+    /// [`Storage::commits_claim_positions`]. The default: none.
+    fn claimed_shards(&self, batch: &CommitBatch) -> Vec<usize> {
+        let _ = batch;
+        Vec::new()
     }
 
     /// Commit records created after log position `after`, in the order they were created

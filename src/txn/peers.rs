@@ -15,12 +15,13 @@
 //!
 //! # The commit log
 //!
-//! The backend positions commit records in the order it created them
-//! ([`Storage::log_tail`](crate::storage::Storage::log_tail)).
-//! A node applies the log in that order, a page at a time, each record whole (one sequence
-//! number: a commit enters the commit set whole, so reads stay read atomic across nodes),
-//! advancing its hybrid clock past every timestamp it learns. Its *cursor* is the position up
-//! to which it has applied every record. A node's own commits are published when they commit
+//! The backend positions commit records in the order it created them, in each shard of its
+//! log ([`Storage::log_tail`](crate::storage::Storage::log_tail); a [`LogPos`] is one position
+//! per shard, compared shard by shard). A node applies the log in that order, a page at a
+//! time, each record whole (one sequence number: a commit enters the commit set whole, so
+//! reads stay read atomic across nodes), advancing its hybrid clock past every timestamp it
+//! learns. Its *cursor* is the position up to which it has applied every record, in every
+//! shard. A node's own commits are published when they commit
 //! and again found in the log; publication is idempotent by commit id.
 //!
 //! # Freshness

@@ -660,15 +660,21 @@ impl Txn {
                 pending.batch.conditions.log_at = Some(at);
             };
             let claimed = pending.batch.conditions.log_at.clone();
+            let shards = if engine.storage.commits_claim_positions() {
+                engine.storage.claimed_shards(&pending.batch)
+            } else {
+                Vec::new()
+            };
             let settled = engine.settle(outcome, pending, guard);
-            let claims = engine.storage.commits_claim_positions();
-            if let (Ok(Some(_)), Some(at), true) = (&settled, claimed, claims) {
-                // This commit took position at + 1 of the only shard: nothing lies between,
-                // so a node that had applied everything up to `at` has applied everything up
-                // to it.
+            if let (Ok(Some(_)), Some(at)) = (&settled, claimed) {
+                // This commit took position at[s] + 1 of each shard s it claimed: nothing
+                // lies between, so a node that had applied everything up to at[s] there has
+                // applied everything up to it.
                 let mut cursor = engine.peers.cursor.lock();
-                if *cursor == at {
-                    *cursor = at.with(0, at.get(0) + 1);
+                for s in shards {
+                    if cursor.get(s) == at.get(s) {
+                        *cursor = cursor.with(s, at.get(s) + 1);
+                    }
                 }
             }
             match (settled, committer) {

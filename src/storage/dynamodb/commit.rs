@@ -14,12 +14,15 @@ use super::layout::{
     bin, bucket, build_failed, commit_pk, directory_sk, encode_marker, entry_id, idempotency_pk,
     item_size, key_item, key_of, now_ms, num, put_action, put_new_action, put_request, shard,
     split_payload, version_pk, Item, MarkerPlan, ABANDONED, DIRECTORY_PK, DONE, EXPIRES, ID,
-    LOG_POSITION, MARKER_PK, PK, SINGLE_SK, STARTED,
+    MARKER_PK, PK, SINGLE_SK, STARTED,
 };
 use super::retry::CallFailure;
 use super::stats::bump;
 use super::{DynamoDbStorage, BACKEND};
 use crate::storage::{record, CommitBatch, CommitOutcome, Failure, StorageError, VersionId};
+
+/// `(shard, position)` claims of log positions.
+type Claims = Vec<(usize, u64)>;
 
 /// What a commit writes besides its versions, and the checks of its final transaction.
 struct RecordItems {
@@ -31,9 +34,10 @@ struct RecordItems {
     idempotency: Option<Item>,
     /// The check of the committer's lease.
     lease: Option<TransactWriteItem>,
-    /// The claim of the next log position and its entry (several nodes), and the position
+    /// The claims of the next log position of each shard and their entries (several
+    /// nodes: two actions per shard, the head's update first), and the `(shard, position)`
     /// the commit was validated at.
-    log: Option<(Vec<TransactWriteItem>, u64)>,
+    log: Option<(Vec<TransactWriteItem>, Claims)>,
 }
 
 /// Positions of the conditional actions in a commit's final transaction.
@@ -42,8 +46,9 @@ struct Conditional {
     idempotency_at: Option<usize>,
     marker_at: Option<usize>,
     lease_at: Option<usize>,
-    /// The claim of the log position, and the position validated at (for the token).
-    log: Option<(usize, u64)>,
+    /// Where the claims of log positions start, and the `(shard, position)` validated at
+    /// (for the token).
+    log: Option<(usize, Claims)>,
 }
 
 impl DynamoDbStorage {
@@ -80,6 +85,13 @@ impl DynamoDbStorage {
         &self,
         batch: CommitBatch,
     ) -> Result<CommitOutcome, StorageError> {
+        // The shards of the log it claims, each at the position it was validated at.
+        let claims: Option<Claims> = batch.conditions.log_at.as_ref().map(|at| {
+            self.claimed_shards(&batch)
+                .into_iter()
+                .map(|s| (s, at.get(s)))
+                .collect()
+        });
         let CommitBatch {
             versions,
             record,
@@ -90,11 +102,16 @@ impl DynamoDbStorage {
             .node
             .map(|node| self.lease_check(node, conditions.at_ms))
             .transpose()?;
-        // The log is one shard.
-        let log_at = conditions.log_at.as_ref().map(|at| at.get(0));
-        let log = log_at
-            .map(|at| self.log_claim(at, record.id).map(|actions| (actions, at)))
-            .transpose()?;
+        let log = match &claims {
+            Some(claims) => {
+                let mut actions = Vec::with_capacity(2 * claims.len());
+                for (shard, at) in claims {
+                    actions.extend(self.log_claim(*shard, *at, record.id)?);
+                }
+                Some((actions, claims.clone()))
+            }
+            None => None,
+        };
         let id = record.id;
         let chunk = self.limits.chunk_bytes;
         // One version per key: the last one, as every backend applies them in order.
@@ -120,8 +137,12 @@ impl DynamoDbStorage {
             sk.clone(),
             &encoded,
             chunk,
-            log_at
-                .map(|at| (LOG_POSITION, num(at + 1)))
+            claims
+                .map(|claims| {
+                    let claimed: Vec<(usize, u64)> =
+                        claims.iter().map(|(s, at)| (*s, at + 1)).collect();
+                    Self::claims_attribute(&claimed)
+                })
                 .into_iter()
                 .collect(),
         );
@@ -222,7 +243,7 @@ impl DynamoDbStorage {
             lease_at,
             log,
         } = at;
-        let token = request_token(kind, id, log.map(|(_, validated)| validated));
+        let token = request_token(kind, id, log.as_ref().map(|(_, validated)| &validated[..]));
         let mut ambiguous = false;
         // A duplicate whose entry disappears before we read it (deleted with its commit) lets
         // the commit try again; bounded, as each round needs another deletion.
@@ -263,7 +284,11 @@ impl DynamoDbStorage {
             if failed(lease_at) {
                 return Err(self.fenced());
             }
-            if failed(log.map(|(at, _)| at)) {
+            let moved = log.as_ref().is_some_and(|(at, claims)| {
+                // Each claim is two actions, the head's update first.
+                (0..claims.len()).any(|k| failed(Some(at + 2 * k)))
+            });
+            if moved {
                 bump(&self.counters.log_moved, 1);
                 return Ok(CommitOutcome::Moved);
             }
@@ -457,12 +482,19 @@ impl DynamoDbStorage {
 
 /// The client request token of a commit's transaction: derived from its id, so a retry of
 /// the same request carries the same token. At most 36 characters.
-pub(super) fn request_token(kind: &str, id: VersionId, log_at: Option<u64>) -> String {
+pub(super) fn request_token(kind: &str, id: VersionId, log_at: Option<&[(usize, u64)]>) -> String {
     let mut hasher = Sha256::new();
     hasher.update(id.to_bytes());
-    if let Some(at) = log_at {
-        // A commit sent again at another log position is another request.
-        hasher.update(at.to_be_bytes());
+    // A commit sent again at another log position is another request.
+    match log_at {
+        None => {}
+        Some([(0, at)]) => hasher.update(at.to_be_bytes()),
+        Some(claims) => {
+            for (shard, at) in claims {
+                hasher.update((*shard as u64).to_be_bytes());
+                hasher.update(at.to_be_bytes());
+            }
+        }
     }
     let digest = hasher.finalize();
     let mut token = format!("aft{kind}-");

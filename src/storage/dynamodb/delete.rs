@@ -69,7 +69,7 @@ impl DynamoDbStorage {
             // is skipped by readers, a record without its entry would be missed.
             let entries = heads
                 .iter()
-                .map(|head| Self::log_entry_of(head))
+                .map(|head| Self::log_entries_of(head))
                 .collect::<Result<Vec<_>, _>>()?;
             self.delete_items(entries.into_iter().flatten().collect())
                 .await?;

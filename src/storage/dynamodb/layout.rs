@@ -59,14 +59,49 @@ pub(super) const DIRECTORY_PK: &[u8] = b"d";
 pub(super) const MARKER_PK: &[u8] = b"p";
 /// The format item's partition.
 pub(super) const FORMAT_PK: &[u8] = b"m";
-/// `pk` of the log head (`sk` [`SINGLE_SK`]): attribute [`LOG_SEQ`].
+/// `pk` of the log heads (`sk` the shard, one byte: shard 0's is [`SINGLE_SK`]): attribute
+/// [`LOG_SEQ`].
 pub(super) const LOG_HEAD_PK: &[u8] = b"g";
-/// `pk` of the log entries (`sk` the position, u64 BE): attribute [`ID`], the record's id.
+/// `pk` of shard 0's log entries (`sk` the position, u64 BE): attribute [`ID`], the record's
+/// id; shard `s`'s are under `pk` this and the byte `s` (see [`log_pk`]).
 pub(super) const LOG_PK: &[u8] = b"l";
 /// The log head's position of the newest entry.
 pub(super) const LOG_SEQ: &str = "s";
-/// On a commit record head: its log position.
+/// On a commit record head that claimed a position of shard 0 only: that position.
 pub(super) const LOG_POSITION: &str = "lp";
+/// On a commit record head that claimed positions of other shards: `shard:position`,
+/// space-separated.
+pub(super) const LOG_CLAIMS: &str = "lc";
+/// On the format item: the number of shards of the log (absent: one).
+pub(super) const LOG_SHARDS: &str = "ls";
+
+/// The key of shard `shard`'s log head.
+pub(super) fn log_head_key(shard: usize) -> Item {
+    key_item(LOG_HEAD_PK.to_vec(), vec![shard as u8])
+}
+
+/// The partition of shard `shard`'s log entries.
+pub(super) fn log_pk(shard: usize) -> Vec<u8> {
+    let mut pk = LOG_PK.to_vec();
+    if shard > 0 {
+        pk.push(shard as u8);
+    }
+    pk
+}
+
+/// The shard of the log a user key's commits claim a position of, of `shards`.
+pub(super) fn log_shard_of(key: &[u8], shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    // 64-bit FNV-1a: stable across processes and versions.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % shards as u64) as usize
+}
 /// Sort key of items alone in their partition (idempotency entries, the format item).
 pub(super) const SINGLE_SK: &[u8] = &[0];
 

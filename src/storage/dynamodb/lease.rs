@@ -18,8 +18,10 @@ pub(super) const LEASE_PK: &[u8] = b"n";
 const EXPIRES_MS: &str = "x";
 /// The holder's address.
 const ADDRESS: &str = "a";
-/// The holder's watermark.
+/// The holder's watermark in shard 0 of the log.
 const WATERMARK: &str = "w";
+/// The holder's watermark in every shard of the log (`LogPos`'s text form).
+const WATERMARKS: &str = "ws";
 /// The clock of the holder's oldest transaction.
 const OLDEST: &str = "c";
 
@@ -41,8 +43,10 @@ fn parse_lease(item: &Item, now: u64) -> Option<Member> {
     };
     Some(Member {
         node: NodeId(node),
-        // The log is one shard.
-        watermark: crate::storage::LogPos::single(number(WATERMARK)?),
+        watermark: match item.get(WATERMARKS).and_then(|v| v.as_s().ok()) {
+            Some(text) => crate::storage::LogPos::parse(text)?,
+            None => crate::storage::LogPos::single(number(WATERMARK)?),
+        },
         oldest_clock_ms: number(OLDEST)?,
         address: item
             .get(ADDRESS)
@@ -71,6 +75,10 @@ impl DynamoDbStorage {
                 item.insert(EXPIRES_MS.into(), num(now.saturating_add(lease_ms)));
                 item.insert(ADDRESS.into(), AttributeValue::S(beat.address.clone()));
                 item.insert(WATERMARK.into(), num(beat.watermark.get(0)));
+                item.insert(
+                    WATERMARKS.into(),
+                    AttributeValue::S(beat.watermark.to_string()),
+                );
                 item.insert(OLDEST.into(), num(beat.oldest_clock_ms));
                 let mut action = put_action(&self.table, item)?;
                 if beat.kind == Beat::Renew {

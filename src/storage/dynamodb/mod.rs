@@ -11,12 +11,15 @@
 //! | item | `pk` | `sk` | attributes |
 //! |---|---|---|---|
 //! | version head | `v` ‖ user key, or `h` ‖ SHA-256(user key) for keys over 1,024 bytes | [`VersionId::to_bytes`] (24 bytes, big-endian) | `v` value (or its first part), `n` extra chunks |
-//! | commit record head | `c` ‖ bucket (u64 BE) ‖ shard (u8) | version id | `v` encoded record (or its first part), `n` |
+//! | commit record head | `c` ‖ bucket (u64 BE) ‖ shard (u8) | version id | `v` encoded record (or its first part), `n`; with several nodes its log claims: `lp` position in shard 0 alone, or `lc` `shard:position …` |
 //! | commit directory | `d` | bucket ‖ shard | |
 //! | idempotency entry | `i` ‖ key, or `j` ‖ SHA-256(key) over 1,024 bytes | `0x00` | `id` commit version id, `exp` TTL |
 //! | pending marker | `p` | version id | `at` start (ms), `v` key list, `n`, `d` done, `ab` abandoned |
 //! | overflow chunk | `o` ‖ head `pk` ‖ head `sk` | chunk number (u32 BE, from 1) | `v` |
-//! | format | `m` | `0x00` | `format` |
+//! | format | `m` | `0x00` | `format`, `ls` shards of the log (absent: one) |
+//! | lease (several nodes) | `n` | node id | `x` expiry (ms), `a` address, `w` watermark in log shard 0, `ws` in every shard, `c` oldest transaction's clock |
+//! | log head (several nodes) | `g` | log shard (u8) | `s` newest position |
+//! | log entry (several nodes) | `l` (shard 0), `l` ‖ shard (u8) | position (u64 BE) | `id` the record's version id |
 //!
 //! * A key's versions share one partition, sorted by version id: a `Query` with
 //!   `ScanIndexForward=false` lists them newest first.
@@ -142,7 +145,7 @@ mod tests;
 
 pub use api::sdk_client;
 pub use layout::{CHUNK_BYTES, COMMIT_SHARDS, MAX_PLAIN_KEY};
-pub use options::{CredentialSource, DynamoDbOptions};
+pub use options::{CredentialSource, DynamoDbOptions, DEFAULT_LOG_SHARDS, MAX_LOG_SHARDS};
 pub use stats::DynamoDbStats;
 
 use std::collections::HashSet;
@@ -183,6 +186,8 @@ pub struct DynamoDbStorage {
     counters: Counters,
     /// State of the backoff's random jitter.
     jitter: Mutex<u64>,
+    /// Shards of the commit log (as the table's format item says).
+    log_shards: usize,
 }
 
 impl fmt::Debug for DynamoDbStorage {
@@ -213,14 +218,14 @@ impl DynamoDbStorage {
             client,
             table: options.table.clone(),
         });
-        let storage = Self::with_api(
+        let mut storage = Self::with_api(
             api,
             &options.table,
             limits,
             options.max_attempts,
             options.idempotency_ttl,
         );
-        storage.check_format().await?;
+        storage.log_shards = storage.check_format(options.log_shards).await?;
         Ok(storage)
     }
 
@@ -243,6 +248,7 @@ impl DynamoDbStorage {
             gate: tokio::sync::RwLock::new(false),
             counters: Counters::default(),
             jitter: Mutex::new(now_ms() | 1),
+            log_shards: 1,
         }
     }
 
@@ -344,12 +350,15 @@ impl Storage for DynamoDbStorage {
         true
     }
 
+    fn claimed_shards(&self, batch: &CommitBatch) -> Vec<usize> {
+        DynamoDbStorage::claimed_shards(self, batch)
+    }
+
     fn log_tail(
         &self,
         after: crate::storage::LogPos,
         limit: usize,
     ) -> BoxFuture<'_, Result<crate::storage::LogPage, StorageError>> {
-        // The log is one shard.
-        Box::pin(self.open_call(self.tail_now(after.get(0), limit)))
+        Box::pin(self.open_call(self.tail_now(after, limit)))
     }
 }

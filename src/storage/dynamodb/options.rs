@@ -63,7 +63,16 @@ pub struct DynamoDbOptions {
     /// TTL of idempotency entries (a backstop; see [the backend's documentation](super)).
     /// Must exceed aft's `idempotency_retention_secs`.
     pub idempotency_ttl: Duration,
+    /// Shards of the commit log of several nodes, for a table that has none yet (1 to
+    /// [`MAX_LOG_SHARDS`]): the first node to open the table decides, later nodes use the
+    /// count it stored. A table written before shards existed has one.
+    pub log_shards: usize,
 }
+
+/// Default of [`DynamoDbOptions::log_shards`].
+pub const DEFAULT_LOG_SHARDS: usize = 4;
+/// Most shards the commit log may have.
+pub const MAX_LOG_SHARDS: usize = 64;
 
 /// Dummy key used with emulators when the environment has none.
 const EMULATOR_KEY: &str = "aft-local";
@@ -82,6 +91,7 @@ impl DynamoDbOptions {
             attempt_timeout: Duration::from_secs(10),
             // A day plus an hour: the default retention plus the margin `aft serve` adds.
             idempotency_ttl: Duration::from_secs(86_400 + 3_600),
+            log_shards: DEFAULT_LOG_SHARDS,
         }
     }
 
@@ -95,7 +105,8 @@ impl DynamoDbOptions {
     ///   those are unset (the default with `endpoint`: emulators accept any key, and the chain
     ///   would probe the EC2 metadata service);
     /// * `max_attempts=N`: attempts per request (default 10);
-    /// * `timeout_ms=N`: time limit of one attempt (default 10,000).
+    /// * `timeout_ms=N`: time limit of one attempt (default 10,000);
+    /// * `log_shards=N`: shards of the commit log, for a new table (default 4).
     ///
     /// Values may be percent-encoded.
     pub fn from_url(url: &str) -> Result<Self, String> {
@@ -166,10 +177,16 @@ impl DynamoDbOptions {
                 "timeout_ms" => {
                     options.attempt_timeout = Duration::from_millis(number("timeout_ms")?)
                 }
+                "log_shards" => {
+                    options.log_shards = usize::try_from(number("log_shards")?)
+                        .ok()
+                        .filter(|n| *n <= MAX_LOG_SHARDS)
+                        .ok_or_else(|| format!("log_shards must be at most {MAX_LOG_SHARDS}"))?
+                }
                 _ => {
                     return Err(format!(
                         "unknown or empty DynamoDB option '{name}' (known: region, endpoint, \
-                         create_table, credentials, max_attempts, timeout_ms)"
+                         create_table, credentials, max_attempts, timeout_ms, log_shards)"
                     ))
                 }
             }

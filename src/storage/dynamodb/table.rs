@@ -13,8 +13,8 @@ use aws_sdk_dynamodb::Client;
 
 use super::api::{self, classify, CallError};
 use super::layout::{
-    build_failed, get_num, key_item, num, put_new_action, EXPIRES, FORMAT, FORMAT_PK, PK,
-    SINGLE_SK, SK,
+    build_failed, get_num, key_item, num, put_new_action, EXPIRES, FORMAT, FORMAT_PK, LOG_SHARDS,
+    PK, SINGLE_SK, SK,
 };
 use super::options::DynamoDbOptions;
 use super::retry::CallFailure;
@@ -25,17 +25,22 @@ use crate::storage::{Failure, StorageError};
 const FORMAT_VERSION: u64 = 1;
 
 impl DynamoDbStorage {
-    /// Writes the format item, or checks the one there.
-    pub(super) async fn check_format(&self) -> Result<(), StorageError> {
+    /// Writes the format item (with `log_shards`, clamped to 1 to
+    /// [`MAX_LOG_SHARDS`](super::MAX_LOG_SHARDS)), or checks the one there; returns the
+    /// number of shards of the table's commit log (one for a table written before shards
+    /// existed).
+    pub(super) async fn check_format(&self, log_shards: usize) -> Result<usize, StorageError> {
+        let log_shards = log_shards.clamp(1, super::MAX_LOG_SHARDS);
         let key = key_item(FORMAT_PK.to_vec(), SINGLE_SK.to_vec());
         let mut item = key.clone();
         item.insert(FORMAT.into(), num(FORMAT_VERSION));
+        item.insert(LOG_SHARDS.into(), num(log_shards as u64));
         let action = put_new_action(&self.table, item)?;
         let existing = match self
             .retrying("PutItem", || self.api.write(action.clone()))
             .await
         {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(log_shards),
             Err(CallFailure {
                 last: CallError::ConditionFailed(Some(item)),
                 ..
@@ -52,7 +57,23 @@ impl DynamoDbStorage {
             .transpose()?
             .flatten();
         match found {
-            Some(FORMAT_VERSION) => Ok(()),
+            Some(FORMAT_VERSION) => {
+                let shards = existing
+                    .as_ref()
+                    .map(|i| get_num(i, LOG_SHARDS))
+                    .transpose()?
+                    .flatten()
+                    .unwrap_or(1);
+                usize::try_from(shards)
+                    .ok()
+                    .filter(|n| (1..=super::MAX_LOG_SHARDS).contains(n))
+                    .ok_or_else(|| {
+                        StorageError::Corrupt(Failure::new(
+                            BACKEND,
+                            format!("table {} says its log has {shards} shards", self.table),
+                        ))
+                    })
+            }
             other => Err(StorageError::Io(Failure::new(
                 BACKEND,
                 format!(

@@ -534,6 +534,10 @@ impl Storage for FaultyStorage {
         self.inner.commits_claim_positions()
     }
 
+    fn claimed_shards(&self, batch: &CommitBatch) -> Vec<usize> {
+        self.inner.claimed_shards(batch)
+    }
+
     fn log_tail(
         &self,
         after: crate::storage::LogPos,

@@ -4,6 +4,7 @@
 mod commit;
 mod encoding;
 mod fault;
+mod log;
 mod read;
 mod recovery;
 mod retry;
@@ -62,13 +63,14 @@ fn faulty(
     attempts: u32,
 ) -> (DynamoDbStorage, Arc<FaultApi>) {
     let faults = FaultApi::new(storage.api.clone());
-    let store = DynamoDbStorage::with_api(
+    let mut store = DynamoDbStorage::with_api(
         faults.clone(),
         &storage.table,
         limits,
         attempts,
         Duration::from_secs(3600),
     );
+    store.log_shards = storage.log_shards;
     (store, faults)
 }
 
