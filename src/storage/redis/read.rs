@@ -51,25 +51,54 @@ impl RedisStorage {
         Ok(out)
     }
 
-    /// [`Storage::scan_commits`](crate::storage::Storage::scan_commits): up to `limit`
-    /// records from every shard, merged in id order and cut at `limit` (what lies past the
-    /// cut is read again by the next page).
+    /// [`Storage::scan_commits`](crate::storage::Storage::scan_commits): the shards merged
+    /// in id order. Each shard is read in batches of about `limit / shards`, in parallel, and
+    /// a record is taken only while every shard not yet exhausted has one buffered (nothing
+    /// smaller can then hide in it), so that about `limit` records are read per page.
     pub(super) async fn scan_now(
         &self,
         after: Option<VersionId>,
         limit: usize,
     ) -> Result<Vec<CommitRecord>, StorageError> {
         self.check_open()?;
-        let scans = (0..self.layout.shards.len()).map(|s| self.scan_shard(s, after, limit));
-        let mut records = Vec::new();
-        for found in futures_util::future::join_all(scans).await {
-            records.extend(found?);
+        let shards = self.layout.shards.len();
+        if shards == 1 {
+            return self.scan_shard(0, after, limit).await;
         }
-        if self.layout.shards.len() > 1 {
-            records.sort_unstable_by_key(|r| r.id);
-            records.truncate(limit);
+        let batch = limit.div_ceil(shards).max(1);
+        let mut next = vec![after; shards];
+        let mut buffered: Vec<std::collections::VecDeque<CommitRecord>> =
+            (0..shards).map(|_| Default::default()).collect();
+        let mut exhausted = vec![false; shards];
+        let mut out = Vec::with_capacity(limit.min(SCAN_PAGE));
+        while out.len() < limit {
+            let empty: Vec<usize> = (0..shards)
+                .filter(|s| buffered[*s].is_empty() && !exhausted[*s])
+                .collect();
+            let reads = empty.iter().map(|s| self.scan_shard(*s, next[*s], batch));
+            for (s, found) in empty
+                .iter()
+                .zip(futures_util::future::join_all(reads).await)
+            {
+                let found = found?;
+                exhausted[*s] = found.len() < batch;
+                next[*s] = found.last().map(|r| r.id).or(next[*s]);
+                buffered[*s].extend(found);
+            }
+            while out.len() < limit {
+                if (0..shards).any(|s| buffered[s].is_empty() && !exhausted[s]) {
+                    break;
+                }
+                let smallest = (0..shards)
+                    .filter_map(|s| buffered[s].front().map(|r| (r.id, s)))
+                    .min();
+                let Some((_, s)) = smallest else {
+                    return Ok(out);
+                };
+                out.extend(buffered[s].pop_front());
+            }
         }
-        Ok(records)
+        Ok(out)
     }
 
     /// Up to `limit` records of one shard after `after`, in id order.

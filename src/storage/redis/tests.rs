@@ -62,6 +62,11 @@ mod cluster {
     crate::storage_conformance_tests!(cluster);
 }
 
+mod standalone_sharded {
+    use super::*;
+    crate::storage_conformance_tests!(standalone_sharded);
+}
+
 #[test]
 fn urls_parse() {
     let o = RedisOptions::parse("redis://localhost").unwrap();

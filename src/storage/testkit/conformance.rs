@@ -349,6 +349,10 @@ pub async fn scan_order_and_pagination(storage: Arc<dyn Storage>) {
         loop {
             let page = s.scan_commits(after, limit).await.expect("scan page");
             assert!(page.len() <= limit);
+            // Only the last page is short: a reader stops at the first that is.
+            if paged.len() + page.len() < sorted.len() {
+                assert_eq!(page.len(), limit, "a short page before the end");
+            }
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             paged.extend(page.into_iter().map(|r| r.id));
