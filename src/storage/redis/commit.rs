@@ -583,10 +583,18 @@ impl RedisStorage {
                     Vec::new(),
                     true,
                 )?;
-                // Unknown: the locks stay until the outcome is known (another commit that
-                // needs one of the keys asks the home shard, which knows).
-                self.decide_commit(home, script_keys, args, &home_part, checks, older)
-                    .await?
+                match self
+                    .decide_commit(home, script_keys, args, &home_part, checks, older)
+                    .await
+                {
+                    Ok(answer) => answer,
+                    // Unknown: the locks stay until the outcome is known (another commit that
+                    // needs one of the keys asks the home shard, which knows).
+                    Err(e @ StorageError::OutcomeUnknown(_)) => return Err(e),
+                    // Not decided, and never will be (the error says the record was not
+                    // created): the locks go now rather than after the grace period.
+                    Err(e) => break (Err(e), prepared),
+                }
             };
             let outcome = match answer {
                 Committed::Yes => Ok(CommitOutcome::Committed),
