@@ -24,8 +24,10 @@ local function older(a, b)
 end
 
 -- The first of `n` user keys at ARGV[from], ARGV[from + 2], … locked in the hash `locks` by
--- a commit other than `id`: {5, lock, key}; nil if none is.
+-- a commit other than `id`: {5, lock, key}; nil if none is. One call when nothing is locked
+-- in the shard (always, on a log of one shard).
 local function locked_by_other(locks, id, from, n)
+  if n == 0 or redis.call('EXISTS', locks) == 0 then return nil end
   for i = from, from + 2 * (n - 1), 2 do
     local lock = redis.call('HGET', locks, ARGV[i])
     if lock and string.sub(lock, 1, 24) ~= id then return {5, lock, ARGV[i]} end
