@@ -20,6 +20,7 @@
 
 pub mod connection;
 pub mod keyspace;
+pub mod lcs;
 pub mod server;
 pub mod string;
 pub mod table;

@@ -9,6 +9,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::lcs::{lcs, LcsOptions};
 use super::table::{CommandSpec, Id};
 use super::util::{err, format_f64, int_arg, parse_f64, parse_i64, NOT_FLOAT, SYNTAX};
 use crate::resp::Reply;
@@ -130,6 +131,12 @@ pub enum StringCmd {
         offset: i64,
         value: Bytes,
     },
+    /// LCS: the options, or the error they earn (given once the keys were read, as Redis
+    /// checks the keys' types first).
+    Lcs {
+        keys: [Bytes; 2],
+        options: Result<LcsOptions, Reply>,
+    },
     IncrBy {
         keys: [Bytes; 1],
         delta: i64,
@@ -225,6 +232,14 @@ impl StringCmd {
                 start: int_arg(&take(&mut it))?,
                 end: int_arg(&take(&mut it))?,
             },
+            Id::Lcs => {
+                let keys = [take(&mut it), take(&mut it)];
+                let rest: Vec<Bytes> = it.by_ref().collect();
+                StringCmd::Lcs {
+                    keys,
+                    options: LcsOptions::parse(&rest),
+                }
+            }
             Id::SetRange => StringCmd::SetRange {
                 keys: [take(&mut it)],
                 offset: int_arg(&take(&mut it))?,
@@ -276,6 +291,7 @@ impl StringCmd {
             | StringCmd::SetRange { keys, .. }
             | StringCmd::IncrBy { keys, .. }
             | StringCmd::IncrByFloat { keys, .. } => keys,
+            StringCmd::Lcs { keys, .. } => keys,
             StringCmd::Set { keys, get, .. } if *get => keys,
             StringCmd::MGet { keys } => keys,
             StringCmd::Set { .. } | StringCmd::SetNx { .. } | StringCmd::MSet { .. } => &[],
@@ -471,6 +487,17 @@ impl StringCmd {
                 };
                 Reply::Bulk(substring(&bytes, *start, *end))
             }
+            StringCmd::Lcs {
+                keys: [a, b],
+                options,
+            } => {
+                let a = string_or_empty(txn.get(a).await?);
+                let b = string_or_empty(txn.get(b).await?);
+                match options {
+                    Ok(options) => lcs(a, b, options.clone(), txn.max_value_len()).await,
+                    Err(reply) => reply.clone(),
+                }
+            }
             StringCmd::SetRange {
                 keys: [key],
                 offset,
@@ -578,6 +605,17 @@ fn string_reply(entry: Entry) -> Reply {
 }
 
 /// GETRANGE's index arithmetic, exactly as Redis 7.0 does it.
+/// A string's bytes, or empty for a missing key.
+fn string_or_empty(entry: Option<Entry>) -> Bytes {
+    match entry {
+        Some(Entry {
+            value: Value::Str(b),
+            ..
+        }) => b,
+        None => Bytes::new(),
+    }
+}
+
 fn substring(bytes: &Bytes, start: i64, end: i64) -> Bytes {
     let len = bytes.len() as i64;
     if start < 0 && end < 0 && start > end {

@@ -24,6 +24,7 @@ pub enum Id {
     Strlen,
     GetRange,
     SetRange,
+    Lcs,
     Incr,
     Decr,
     IncrBy,
@@ -148,7 +149,7 @@ impl Id {
         use Id::*;
         match self {
             Get | Set | SetNx | SetEx | PSetEx | GetSet | GetDel | GetEx | MGet | MSet | MSetNx
-            | Append | Strlen | GetRange | SetRange | Incr | Decr | IncrBy | DecrBy
+            | Append | Strlen | GetRange | SetRange | Lcs | Incr | Decr | IncrBy | DecrBy
             | IncrByFloat => Family::String,
             Del | Exists | Type | Expire | PExpire | ExpireAt | PExpireAt | Ttl | PTtl
             | ExpireTime | PExpireTime | Persist | FlushAll | DbSize | Keys | Scan | RandomKey => {
@@ -215,6 +216,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec!("getrange", 4, R, (1, 1, 1), GetRange),
     spec!("substr", 4, R, (1, 1, 1), GetRange),
     spec!("setrange", 4, W, (1, 1, 1), SetRange),
+    spec!("lcs", -3, R, (1, 2, 1), Lcs),
     spec!("incr", 2, WF, (1, 1, 1), Incr),
     spec!("decr", 2, WF, (1, 1, 1), Decr),
     spec!("incrby", 3, WF, (1, 1, 1), IncrBy),
