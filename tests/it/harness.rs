@@ -200,6 +200,16 @@ impl Drop for TestServer {
     }
 }
 
+/// Whether a server listens on `addr` (loopback). A connection to a port nobody listens on
+/// can still succeed, connected to itself, when the kernel happens to pick that very port as
+/// its source (TCP simultaneous open): such a connection does not count.
+pub fn listening(addr: SocketAddr) -> bool {
+    match std::net::TcpStream::connect(addr) {
+        Ok(stream) => stream.local_addr().ok() != stream.peer_addr().ok(),
+        Err(_) => false,
+    }
+}
+
 /// The `aft` binary running as a child process.
 pub struct Process {
     pub child: Child,
@@ -231,7 +241,7 @@ impl Process {
             .spawn()
             .expect("spawn aft");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(addr).is_err() {
+        while !listening(addr) {
             assert!(Instant::now() < deadline, "aft did not start on {addr}");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -160,8 +160,30 @@ impl Node {
         self.process.as_ref().expect("running").addr
     }
 
+    /// A client of the node. A refused connection is tried again for a while (what refuses
+    /// it is said if the process exited meanwhile).
     async fn client(&self) -> MultiplexedConnection {
-        connect_patient(self.addr()).await.expect("connect to aft")
+        let process = self.process.as_ref().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match connect_patient(process.addr).await {
+                Ok(c) => return c,
+                Err(e) => {
+                    let pid = process.child.id();
+                    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .ok()
+                        .and_then(|s| s.rsplit(')').next().map(|r| r.trim().to_string()));
+                    let exited = state.as_deref().is_none_or(|s| s.starts_with('Z'));
+                    assert!(
+                        !exited && Instant::now() < deadline,
+                        "connect to aft {} (pid {pid}, {}): {e}",
+                        process.addr,
+                        if exited { "exited" } else { "running" }
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 
     /// SIGKILL: whatever it had not settled is left to the backend and the other nodes.

@@ -138,7 +138,7 @@ impl Aft {
             .expect("spawn aft");
         let mut aft = Aft { child, addr };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
+        while !crate::harness::listening(addr) {
             if let Some(status) = aft.child.try_wait().expect("try_wait") {
                 panic!("aft exited before listening: {status}");
             }
