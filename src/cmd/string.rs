@@ -478,13 +478,7 @@ impl StringCmd {
                 start,
                 end,
             } => {
-                let bytes = match txn.get(key).await? {
-                    Some(Entry {
-                        value: Value::Str(b),
-                        ..
-                    }) => b,
-                    None => Bytes::new(),
-                };
+                let bytes = string_or_empty(txn.get(key).await?);
                 Reply::Bulk(substring(&bytes, *start, *end))
             }
             StringCmd::Lcs {

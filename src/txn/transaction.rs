@@ -527,7 +527,10 @@ impl Txn {
         }
         // Validate and reserve in one critical section: first committer wins. The log
         // position is read first: every commit at or below it is in the index validated.
-        let log_at = engine.peers.cursor.lock().clone();
+        // Only a backend whose commits claim log positions (DynamoDB) uses it: not copied for
+        // one that does not, on every commit.
+        let claims = engine.peers.shared() && engine.storage.commits_claim_positions();
+        let log_at = claims.then(|| engine.peers.cursor.lock().clone());
         let (id, guard, flush) = {
             let mut inflight = engine.inflight.lock();
             if !self.checks.is_empty() {
@@ -583,17 +586,14 @@ impl Txn {
         let idempotency_key = self.idempotency_key.take();
         // What validation saw, to validate again if the backend's log moved meanwhile (only
         // a backend whose commits claim log positions answers that).
-        let revalidate =
-            (engine.peers.shared() && engine.storage.commits_claim_positions()).then(|| {
-                Revalidation {
-                    checks: self.checks.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                    watches: watches
-                        .into_iter()
-                        .flat_map(Watches::iter)
-                        .map(|(k, s)| (k.clone(), *s))
-                        .collect(),
-                }
-            });
+        let revalidate = claims.then(|| Revalidation {
+            checks: self.checks.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            watches: watches
+                .into_iter()
+                .flat_map(Watches::iter)
+                .map(|(k, s)| (k.clone(), *s))
+                .collect(),
+        });
         // On a shared backend the backend decides the checks again, against every node's
         // commits: watched keys first, then keys read for update.
         let (conditions, watched) = if engine.peers.shared() {
@@ -607,7 +607,7 @@ impl Txn {
             let conditions = Conditions {
                 node: Some(engine.peers.node()),
                 at_ms: clock::Clock::physical_ms(id.ts),
-                log_at: Some(log_at),
+                log_at,
                 checks,
                 deleted: Vec::new(),
             };
@@ -660,7 +660,7 @@ impl Txn {
                 pending.batch.conditions.log_at = Some(at);
             };
             let claimed = pending.batch.conditions.log_at.clone();
-            let shards = if engine.storage.commits_claim_positions() {
+            let shards = if claims {
                 engine.storage.claimed_shards(&pending.batch)
             } else {
                 Vec::new()
