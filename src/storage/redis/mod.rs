@@ -343,15 +343,17 @@ impl Storage for RedisStorage {
         })
     }
 
-    /// Deletes the versions of cluster commits whose pending marker is older than
-    /// `older_than` (by the Redis server's clock) and that have no record; such a commit can
-    /// no longer create its record. A standalone server has no markers (its commits are
-    /// atomic): this finds nothing.
+    /// Deletes the versions of commits written in several steps (cluster commits, commits
+    /// across shards) whose pending marker is older than `older_than` (by the Redis server's
+    /// clock) and that have no record; such a commit can no longer create its record. Then
+    /// ends the locks commits across shards left behind. A standalone server with a log of
+    /// one shard has no markers (its commits are atomic): this finds nothing.
     fn reclaim_orphans(&self, older_than: Duration) -> BoxFuture<'_, Result<u64, StorageError>> {
         Box::pin(self.reclaim_now(older_than))
     }
 
-    /// Leases live in the hash `M nodes`, renewed by a script on the server's clock.
+    /// Leases live in the hash `M nodes` of shard 0, renewed by a script on the server's
+    /// clock, with copies in the other shards.
     fn heartbeat(
         &self,
         beat: Heartbeat,
